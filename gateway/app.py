@@ -1,0 +1,128 @@
+"""Composition of the gateway: one aiohttp Application whose cleanup contexts start and stop, in order, the gRPC
+runtime interface server, the backend and the scaler. State lives under typed AppKeys, never in globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import errors, rpc
+from .admission import Admission
+from .backends import Backend
+from .dispatching import Dispatcher
+from .invoke_api import InvokeAPI
+from .metrics import Metrics
+from .registry import Registry
+from .scaler import Scaler
+from .settings import GatewaySettings
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+REGISTRY = web.AppKey("registry", Registry)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+METRICS = web.AppKey("metrics", Metrics)
+SCALER = web.AppKey("scaler", Scaler)
+ENDPOINTS = web.AppKey("endpoints", "Endpoints")
+READY = web.AppKey("ready", asyncio.Event)
+
+
+@dataclass
+class Endpoints:
+    """Where the gateway listens, known once bound (ports may be 0 = any free port)."""
+
+    grpc_port: int = 0
+
+    def grpc_target(self, host: str) -> str:
+        # Agents on this host cannot dial a wildcard address.
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{self.grpc_port}"
+
+
+def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, signing_key: bytes) -> web.Application:
+    app = web.Application(client_max_size=settings.max_sync_payload + 1, middlewares=[_aws_errors])
+    metrics = Metrics()
+    scaler_box: list[Scaler] = []
+    dispatcher = Dispatcher(
+        on_demand=lambda pool: scaler_box[0].poke(pool) if scaler_box else None,
+        on_outcome=lambda pool, outcome: None,
+    )
+    metrics.watch(dispatcher)
+    scaler = Scaler(dispatcher, backend, metrics, gateway_cap=settings.max_concurrency, tick=settings.scaler_tick)
+    scaler_box.append(scaler)
+    app[SETTINGS] = settings
+    app[REGISTRY] = registry
+    app[DISPATCHER] = dispatcher
+    app[METRICS] = metrics
+    app[SCALER] = scaler
+    endpoints = app[ENDPOINTS] = Endpoints()
+    app[READY] = asyncio.Event()
+
+    api = InvokeAPI(settings, registry, dispatcher, Admission(settings.max_concurrency), metrics)
+    app.router.add_post("/2015-03-31/functions/{name}/invocations", api.invoke)
+    app.router.add_route("*", "/2015-03-31/functions/{name}/invocations", _method_not_allowed)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+
+    async def run_grpc(app: web.Application) -> AsyncIterator[None]:
+        servicer = rpc.RuntimeInterface(registry, dispatcher, signing_key)
+        server, endpoints.grpc_port = await rpc.start_server(servicer, settings.grpc_host, settings.grpc_port)
+        yield
+        await server.stop(grace=1)
+
+    async def run_backend(app: web.Application) -> AsyncIterator[None]:
+        await backend.open(scaler.instance_gone, endpoints.grpc_target(settings.grpc_host))
+        yield
+        await backend.close()
+
+    async def run_scaler(app: web.Application) -> AsyncIterator[None]:
+        # Versions with provisioned concurrency get their instances before the first request.
+        for version in registry.all_versions():
+            dispatcher.pool(version)
+        task = asyncio.create_task(scaler.run(), name="scaler")
+        app[READY].set()
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.extend([run_grpc, run_backend, run_scaler])
+    return app
+
+
+@web.middleware
+async def _aws_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Unknown routes and unexpected failures still answer in the AWS error shape botocore parses."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return errors.aws_error(404, "UnknownOperationException", f"Unknown operation: {request.method} {request.path}")
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        request.app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return errors.service_error(f"Internal error: {type(exc).__name__}")
+
+
+async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
+    response = errors.aws_error(405, "UnknownOperationException", f"{request.method} is not allowed on {request.path}")
+    response.headers["Allow"] = "POST"
+    return response
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    if not request.app[READY].is_set():
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

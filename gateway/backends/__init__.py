@@ -1,0 +1,24 @@
+"""Where instances run. One interface, two implementations: `local` (agent subprocesses on this host, the embedded
+default) and `kubernetes` (a Deployment per version, scaled through the scale subresource)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..registry import FunctionVersion
+
+# Called when an instance the backend started has ended for good (or never came up): (version key, instance id).
+OnGone = Callable[[tuple[str, str], str], None]
+
+
+class Backend(Protocol):
+    async def open(self, on_gone: OnGone, grpc_target: str) -> None:
+        """Get ready to start instances; they reach the gateway's runtime interface at `grpc_target`."""
+        ...
+
+    async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
+        """Start `count` instances; returns their ids. They connect to the gateway when their runtime is up."""
+        ...
+
+    async def close(self) -> None: ...

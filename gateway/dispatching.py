@@ -1,0 +1,212 @@
+"""The dispatcher: per function version, invocations waiting for an instance and instances waiting for work.
+
+Instances pull. An instance that sends `Next` is handed the oldest pending invocation, or waits in the idle stack
+until one arrives; an instance therefore never holds more than its runtime asked for, and a version with no
+instances simply queues until the scaler has started one (scale from zero). The dispatcher does no I/O of its own
+beyond writing an invocation onto the instance's stream; admission (429s) happens before it, scaling after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from kambda.runtime.rpc import runtime_pb2 as pb
+
+from .registry import FunctionVersion
+
+log = logging.getLogger(__name__)
+Sender = Callable[[pb.GatewayMessage], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    """How an invocation ended, as the instance reported it."""
+
+    payload: bytes
+    error_type: str | None  # None: success
+    report: pb.Report | None = None  # None when the instance never answered
+    log_tail: bytes = b""
+    instance_id: str = ""
+
+
+@dataclass(eq=False)
+class Invocation:
+    request_id: str
+    payload: bytes
+    invoked_arn: str
+    trace_id: str = ""
+    client_context: str = ""
+    cognito_identity: str = ""
+    tail_logs: bool = False
+    enqueued_at: float = field(default_factory=time.monotonic)
+    future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def message(self, timeout_seconds: float) -> pb.GatewayMessage:
+        return pb.GatewayMessage(
+            invocation=pb.Invocation(
+                request_id=self.request_id,
+                deadline_ms=int((time.time() + timeout_seconds) * 1000),
+                invoked_function_arn=self.invoked_arn,
+                trace_id=self.trace_id,
+                client_context=self.client_context,
+                cognito_identity=self.cognito_identity,
+                payload=self.payload,
+                tail_logs=self.tail_logs,
+            )
+        )
+
+
+@dataclass(eq=False)
+class Instance:
+    id: str
+    pool: Pool
+    send: Sender
+    connected_at: float = field(default_factory=time.monotonic)
+    idle_since: float = field(default_factory=time.monotonic)
+    busy: Invocation | None = None
+    retired: bool = False
+
+
+class Pool:
+    """One function version's queue and instances."""
+
+    def __init__(self, version: FunctionVersion) -> None:
+        self.version = version
+        self.pending: deque[Invocation] = deque()
+        self.idle: list[Instance] = []  # a stack: the most recently used instance is reused first, so the
+        # others age out and the pool shrinks back to what the load needs
+        self.instances: dict[str, Instance] = {}
+        self.starting: set[str] = set()  # asked of the backend, not yet connected
+        self.busy = 0
+
+    @property
+    def active(self) -> int:
+        """Invocations accepted and not yet answered: the version's concurrency."""
+        return self.busy + len(self.pending)
+
+
+class Dispatcher:
+    def __init__(self, *, on_demand: Callable[[Pool], None], on_outcome: Callable[[Pool, Outcome], None]) -> None:
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self._on_demand = on_demand  # the scaler's wake-up: work is waiting and no instance is idle
+        self._on_outcome = on_outcome
+
+    def pool(self, version: FunctionVersion) -> Pool:
+        pool = self.pools.get(version.key)
+        if pool is None:
+            pool = self.pools[version.key] = Pool(version)
+        else:
+            pool.version = version  # a reloaded version keeps its queue and instances
+        return pool
+
+    # ---- the caller's side -----------------------------------------------------------------------------------
+
+    async def submit(self, version: FunctionVersion, invocation: Invocation) -> None:
+        """Hand the invocation to an idle instance, or queue it; its future resolves with the Outcome."""
+        pool = self.pool(version)
+        while pool.idle:
+            instance = pool.idle.pop()
+            if await self._assign(instance, invocation):
+                return
+        pool.pending.append(invocation)
+        self._on_demand(pool)
+
+    def withdraw(self, pool: Pool, invocation: Invocation) -> bool:
+        """Take back an invocation no instance has started (its caller gave up); False if already running."""
+        try:
+            pool.pending.remove(invocation)
+        except ValueError:
+            return False
+        return True
+
+    # ---- the instance's side ---------------------------------------------------------------------------------
+
+    def connect(self, version: FunctionVersion, instance_id: str, send: Sender) -> Instance:
+        pool = self.pool(version)
+        pool.starting.discard(instance_id)
+        old = pool.instances.get(instance_id)
+        if old is not None:  # the same instance reconnecting: its old stream is dead
+            self.disconnect(old)
+        instance = Instance(instance_id, pool, send)
+        pool.instances[instance_id] = instance
+        return instance
+
+    async def ready(self, instance: Instance) -> None:
+        """The instance's runtime asked for its next invocation."""
+        pool = instance.pool
+        if instance.retired or instance.busy is not None:
+            return
+        while pool.pending:
+            invocation = pool.pending.popleft()
+            if invocation.future.done():  # its caller went away while it waited
+                continue
+            if await self._assign(instance, invocation):
+                return
+            return  # the stream is broken; _assign re-queued the invocation
+        instance.idle_since = time.monotonic()
+        pool.idle.append(instance)
+
+    def finish(self, instance: Instance, outcome: Outcome) -> None:
+        invocation = instance.busy
+        if invocation is None:
+            log.warning("instance %s reported a result with nothing in flight", instance.id)
+            return
+        instance.busy = None
+        instance.pool.busy -= 1
+        instance.idle_since = time.monotonic()
+        outcome.instance_id = instance.id
+        self._on_outcome(instance.pool, outcome)
+        if not invocation.future.done():
+            invocation.future.set_result(outcome)
+
+    def disconnect(self, instance: Instance, *, lost_error: bytes | None = None) -> None:
+        """The instance's stream ended. An invocation it was running fails: it may have half-run."""
+        pool = instance.pool
+        if pool.instances.get(instance.id) is instance:
+            del pool.instances[instance.id]
+        if instance in pool.idle:
+            pool.idle.remove(instance)
+        instance.retired = True
+        invocation = instance.busy
+        if invocation is not None:
+            payload = lost_error or (
+                b'{"errorType":"Runtime.ExitError","errorMessage":"RequestId: '
+                + invocation.request_id.encode()
+                + b' Error: Runtime exited with error: instance lost"}'
+            )
+            self.finish(instance, Outcome(payload, "Runtime.ExitError"))
+        if pool.pending:
+            self._on_demand(pool)
+
+    async def retire(self, instance: Instance, reason: str) -> bool:
+        """Stop an idle instance (scale down). False if it picked up work meanwhile."""
+        pool = instance.pool
+        if instance not in pool.idle:
+            return False
+        pool.idle.remove(instance)
+        instance.retired = True
+        try:
+            await instance.send(pb.GatewayMessage(stop=pb.Stop(reason=reason)))
+        except Exception as exc:  # the stream is already gone; disconnect() will clean up
+            log.debug("stop of %s not delivered: %s", instance.id, exc)
+        return True
+
+    async def _assign(self, instance: Instance, invocation: Invocation) -> bool:
+        pool = instance.pool
+        instance.busy = invocation
+        pool.busy += 1
+        try:
+            await instance.send(invocation.message(pool.version.spec.timeout_seconds))
+        except Exception as exc:
+            log.info("instance %s unreachable (%s); re-queueing %s", instance.id, exc, invocation.request_id)
+            instance.busy = None
+            pool.busy -= 1
+            pool.pending.appendleft(invocation)
+            self.disconnect(instance)
+            return False
+        return True

@@ -1,0 +1,73 @@
+"""Prometheus metrics of one gateway. Counters and histograms are updated on the hot path; gauges of queues and
+instances are read from the dispatcher at scrape time, so they can never drift from the truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .dispatching import Dispatcher
+
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.invocations = Counter(
+            "kambda_invocations", "Invocations answered, by outcome (success, error).",
+            ["function", "version", "outcome"], registry=r,
+        )
+        self.throttles = Counter(
+            "kambda_throttles", "Invocations refused with 429, by Lambda's Reason.", ["function", "reason"], registry=r
+        )
+        self.duration = Histogram(
+            "kambda_invocation_duration_seconds", "Handler duration as the agent measured it.",
+            ["function", "version"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.init_duration = Histogram(
+            "kambda_init_duration_seconds", "Runtime init duration of cold starts.",
+            ["function", "version"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.cold_starts = Counter(
+            "kambda_cold_starts", "Invocations served by a freshly initialised runtime.", ["function", "version"], registry=r
+        )
+        self.instances_started = Counter(
+            "kambda_instances_started", "Instances the scaler asked a backend for.", ["function", "version"], registry=r
+        )
+        self.instances_stopped = Counter(
+            "kambda_instances_stopped", "Instances retired after their idle window.", ["function", "version"], registry=r
+        )
+
+    def watch(self, dispatcher: Dispatcher) -> None:
+        self.registry.register(_DispatcherCollector(dispatcher))
+
+
+class _DispatcherCollector(Collector):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        concurrent = GaugeMetricFamily(
+            "kambda_concurrent_executions", "Invocations running on an instance.", labels=["function", "version"]
+        )
+        queued = GaugeMetricFamily(
+            "kambda_queued_invocations", "Invocations waiting for an instance.", labels=["function", "version"]
+        )
+        instances = GaugeMetricFamily(
+            "kambda_instances", "Instances by state (idle, busy, starting).", labels=["function", "version", "state"]
+        )
+        for pool in self._dispatcher.pools.values():
+            labels = [pool.version.spec.name, pool.version.version]
+            concurrent.add_metric(labels, pool.busy)
+            queued.add_metric(labels, len(pool.pending))
+            instances.add_metric([*labels, "idle"], len(pool.idle))
+            instances.add_metric([*labels, "busy"], len(pool.instances) - len(pool.idle))
+            instances.add_metric([*labels, "starting"], len(pool.starting))
+        yield concurrent
+        yield queued
+        yield instances

@@ -1,0 +1,71 @@
+"""The gateway's end of the gRPC runtime interface: authenticates each agent stream and feeds the dispatcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc import aio
+
+from kambda import credentials
+from kambda.runtime.rpc import runtime_pb2 as pb
+from kambda.runtime.rpc import runtime_pb2_grpc as pb_grpc
+
+from .dispatching import Dispatcher, Outcome
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE = 16 * 1024 * 1024
+SERVER_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
+    def __init__(self, registry: Registry, dispatcher: Dispatcher, signing_key: bytes) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._key = signing_key
+
+    async def Session(  # noqa: N802 (the generated servicer's name)
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: aio.ServicerContext[pb.AgentMessage, pb.GatewayMessage]
+    ) -> None:
+        md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        function = md.get("kambda-function", "")
+        token = md.get("authorization", "").removeprefix("Bearer ")
+        if not function or not credentials.verify(self._key, function, token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid credential for this function")
+        version = self._registry.by_key(function, md.get("kambda-version", ""))
+        instance_id = md.get("kambda-instance", "")
+        if version is None or not instance_id:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no such function version: {function}")
+        assert version is not None
+        instance = self._dispatcher.connect(version, instance_id, context.write)
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("kind")
+                if kind == "next":
+                    await self._dispatcher.ready(instance)
+                elif kind == "response":
+                    r = message.response
+                    self._dispatcher.finish(instance, Outcome(r.payload, None, r.report, r.log_tail))
+                elif kind == "error":
+                    e = message.error
+                    self._dispatcher.finish(instance, Outcome(e.payload, e.error_type, e.report, e.log_tail))
+                elif kind == "init_error":
+                    log.warning("%s init failed: %s", function, message.init_error.error_type)
+        finally:
+            self._dispatcher.disconnect(instance)
+
+
+async def start_server(servicer: RuntimeInterface, host: str, port: int) -> tuple[aio.Server, int]:
+    server = aio.server(options=SERVER_OPTIONS)
+    pb_grpc.add_RuntimeInterfaceServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound

@@ -1,0 +1,55 @@
+"""The scaling decision, as a pure function of one version's state, its policy and the time.
+
+    desired = ceil(active / per-instance concurrency), at least `provisioned`, at most the cap
+    cap     = reserved concurrency, else max instances, else the gateway-wide limit
+    start   = desired - (connected + starting), at most `burst` in one step
+    stop    = idle instances whose idle window has passed, keeping `desired` (and provisioned) alive
+
+The scaler loop (`scaler.py`) gathers the state, calls `decide` and applies the result through a backend.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Policy:
+    provisioned: int = 0
+    cap: int = 1000
+    idle_seconds: float = 300.0
+    burst: int = 1000
+    per_instance: int = 1
+
+
+@dataclass(frozen=True)
+class State:
+    active: int  # invocations running or queued
+    connected: int  # instances connected (busy or idle)
+    starting: int  # instances requested and not yet connected
+    idle_since: tuple[tuple[str, float], ...] = ()  # idle instances: (id, monotonic time they became idle)
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    start: int = 0
+    stop: tuple[str, ...] = ()
+
+
+def decide(state: State, policy: Policy, now: float) -> Decision:
+    cap = max(0, policy.cap)
+    desired = min(cap, max(policy.provisioned, math.ceil(state.active / max(1, policy.per_instance))))
+    current = state.connected + state.starting
+    start = min(max(0, desired - current), max(0, policy.burst))
+    # Idle instances beyond what is needed are kept warm until their idle window passes (execution-context
+    # reuse); the oldest idle go first. Starting instances count as alive so a cold start in progress is
+    # never mistaken for spare capacity to retire.
+    keep = max(desired, policy.provisioned)
+    removable = max(0, current - keep)
+    expired = sorted(
+        (since, instance_id) for instance_id, since in state.idle_since if now - since >= policy.idle_seconds
+    )
+    stop = tuple(instance_id for _, instance_id in expired[:removable])
+    return Decision(desired=desired, start=start, stop=stop)

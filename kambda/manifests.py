@@ -1,0 +1,106 @@
+"""Loading Function manifests from a directory (the local backend) and materialising their code.
+
+Inline files are written to a content-addressed directory (`<data>/code/<sha256>/`) so a version's code never
+changes under a running instance; a `code.path` directory is copied the same way. The sha256 is Lambda's
+`CodeSha256` idea: a digest over the sorted file names and contents.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .specs import Code, FunctionSpec, SpecError, parse_function
+
+
+class ManifestError(Exception):
+    """A manifest file that cannot be loaded; the message names the file and every problem in it."""
+
+
+def iter_documents(directory: Path) -> Iterator[tuple[Path, Mapping[str, Any]]]:
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            docs = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+        for doc in docs:
+            if doc is None:
+                continue
+            if not isinstance(doc, Mapping):
+                raise ManifestError(f"{path}: every document must be an object")
+            yield path, doc
+
+
+def load_directory(directory: Path) -> list[FunctionSpec]:
+    """Every Function in the directory's manifests, with `code.path` made absolute."""
+    specs: list[FunctionSpec] = []
+    for path, doc in iter_documents(directory):
+        if doc.get("kind", "Function") != "Function":
+            continue  # Aliases and other kinds are not the local backend's business yet
+        try:
+            spec = parse_function(doc)
+        except SpecError as exc:
+            raise ManifestError(f"{path}: " + "; ".join(exc.errors)) from exc
+        if spec.code.path is not None:
+            code_path = (path.parent / spec.code.path).resolve()
+            if not code_path.is_dir():
+                raise ManifestError(f"{path}: spec.code.path: {code_path} is not a directory")
+            spec = _with_code(spec, Code(path=str(code_path)))
+        specs.append(spec)
+    return specs
+
+
+def _with_code(spec: FunctionSpec, code: Code) -> FunctionSpec:
+    from dataclasses import replace
+
+    return replace(spec, code=code)
+
+
+def read_code(code: Code) -> dict[str, bytes]:
+    """The code's files as relative path -> bytes."""
+    if code.files is not None:
+        return {name: text.encode() for name, text in code.files.items()}
+    assert code.path is not None
+    root = Path(code.path)
+    files: dict[str, bytes] = {}
+    for file in sorted(root.rglob("*")):
+        if file.is_file() and "__pycache__" not in file.parts:
+            files[file.relative_to(root).as_posix()] = file.read_bytes()
+    return files
+
+
+def code_sha256(files: Mapping[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return base64.b64encode(digest.digest()).decode()
+
+
+def materialise(files: Mapping[str, bytes], cache_dir: Path) -> tuple[Path, str]:
+    """Write the files once into a content-addressed directory; returns (directory, CodeSha256)."""
+    sha = code_sha256(files)
+    target = cache_dir / hashlib.sha256(sha.encode()).hexdigest()[:32]
+    if target.is_dir():
+        return target, sha
+    staging = cache_dir / f".staging-{os.getpid()}-{target.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    for name, data in files.items():
+        dest = staging / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        # A custom runtime's entry point must be executable; so must anything the author shipped as a script.
+        if name == "bootstrap" or data.startswith(b"#!"):
+            dest.chmod(0o755)
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.rename(target)
+    except OSError:  # another gateway materialised the same code first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, sha

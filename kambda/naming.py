@@ -1,0 +1,49 @@
+"""Function names, qualifiers and ARNs as the Lambda API spells them (pure)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+LATEST = "$LATEST"
+# botocore's FunctionName pattern, anchored, with the parts we need captured.
+_FUNCTION_REF = re.compile(
+    r"^(?:arn:(?:aws[a-zA-Z-]*)?:lambda:)?"
+    r"(?:[a-z]{2}(?:(?:-gov)|(?:-iso(?:[a-z]?)))?-[a-z]+-\d{1}:)?"
+    r"(?:\d{12}:)?"
+    r"(?:function:)?"
+    r"(?P<name>[a-zA-Z0-9-_]{1,64})"
+    r"(?::(?P<qualifier>\$LATEST|[a-zA-Z0-9-_]{1,128}))?$"
+)
+_QUALIFIER = re.compile(r"^(\$LATEST|[a-zA-Z0-9-_]{1,128})$")
+
+
+class InvalidReference(ValueError):
+    """The caller's function name or qualifier is malformed (a 400, unlike an unknown function's 404)."""
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    name: str
+    qualifier: str | None  # None means unqualified: $LATEST
+
+
+def parse_function_ref(function_name: str, qualifier: str | None = None) -> FunctionRef:
+    """Split `name`, `name:qual`, a partial or a full ARN, reconciling it with an explicit `Qualifier`."""
+    if len(function_name) > 170:
+        raise InvalidReference("FunctionName must be at most 170 characters")
+    match = _FUNCTION_REF.match(function_name)
+    if not match:
+        raise InvalidReference(f"Invalid function name: {function_name!r}")
+    derived = match.group("qualifier")
+    if qualifier is not None:
+        if not _QUALIFIER.match(qualifier):
+            raise InvalidReference(f"Invalid qualifier: {qualifier!r}")
+        if derived is not None and derived != qualifier:
+            raise InvalidReference("The derived qualifier from the function name does not match the specified qualifier.")
+    return FunctionRef(name=match.group("name"), qualifier=qualifier if qualifier is not None else derived)
+
+
+def function_arn(region: str, account: str, name: str, qualifier: str | None = None) -> str:
+    arn = f"arn:aws:lambda:{region}:{account}:function:{name}"
+    return f"{arn}:{qualifier}" if qualifier else arn

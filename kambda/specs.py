@@ -1,0 +1,280 @@
+"""The Function manifest model: one parser for the local backend's YAML files and the Kubernetes custom resource.
+
+Parsing is pure: a plain dict (as YAML or the API server gives it) goes in, a frozen `FunctionSpec` comes out, or a
+`SpecError` listing every problem with its field path (`spec.memoryMB: must be between 128 and 10240`). Defaults
+are Lambda's. The CRD schema in crds/ mirrors these rules so the API server rejects the same manifests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+API_VERSION = "kambda.dev/v1alpha1"
+PYTHON_RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "python3.13")
+PROVIDED_RUNTIMES = ("provided", "provided.al2", "provided.al2023")
+RUNTIMES = PYTHON_RUNTIMES + PROVIDED_RUNTIMES
+
+MEMORY_MB = (128, 10240)
+TIMEOUT_SECONDS = (1, 900)
+MAX_RETRY_ATTEMPTS = (0, 2)
+MAX_EVENT_AGE_SECONDS = (60, 21600)
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")
+# Kubernetes object names are stricter than Lambda's; a Function is both, so it must satisfy both.
+K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ENV_NAME_RE = re.compile(r"^[a-zA-Z]([a-zA-Z0-9_])*$")
+HANDLER_RE = re.compile(r"^[^\s]{1,128}$")
+# Lambda reserves these; a function may not override them (configuration-envvars).
+RESERVED_ENV = frozenset(
+    {
+        "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+        "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+        "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+        "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+        "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", "AWS_LAMBDA_MAX_CONCURRENCY",
+    }
+)
+
+
+class SpecError(ValueError):
+    """A manifest that cannot become a Function; `errors` names each field path and the rule it breaks."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Code:
+    files: Mapping[str, str] | None = None  # inline: relative path -> text; a file named bootstrap is executable
+    path: str | None = None  # a directory (made absolute by the manifest loader)
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    reserved: int | None = None  # hard cap on concurrent executions of all versions; 0 disables the function
+    provisioned: int = 0  # instances kept warm even when idle
+
+
+@dataclass(frozen=True)
+class Scaling:
+    idle_seconds: float = 300.0  # an instance without work for this long is stopped (scale to zero)
+    max_instances: int | None = None  # cap when no reserved concurrency is set
+    burst: int = 1000  # at most this many instances started in one scaling step
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    max_retry_attempts: int = 2
+    max_event_age_seconds: int = 21600
+    on_success: str | None = None  # destination function name
+    on_failure: str | None = None
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    namespace: str
+    runtime: str
+    handler: str
+    code: Code
+    memory_mb: int = 128
+    timeout_seconds: int = 3
+    environment: Mapping[str, str] = field(default_factory=dict)
+    concurrency: Concurrency = Concurrency()
+    scaling: Scaling = Scaling()
+    async_config: AsyncConfig = AsyncConfig()
+    description: str = ""
+
+    @property
+    def is_python(self) -> bool:
+        return self.runtime in PYTHON_RUNTIMES
+
+
+class _Reader:
+    """Reads typed fields out of nested dicts, remembering every problem with its path instead of stopping."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def fail(self, path: str, rule: str) -> None:
+        self.errors.append(f"{path}: {rule}")
+
+    def mapping(self, obj: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        value = obj.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(f"{path}.{key}", "must be an object")
+            return {}
+        return value
+
+    def string(self, obj: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str | None:
+        value = obj.get(key)
+        if value is None:
+            if required:
+                self.fail(f"{path}.{key}", "is required")
+            return None
+        if not isinstance(value, str):
+            self.fail(f"{path}.{key}", "must be a string")
+            return None
+        return value
+
+    def integer(self, obj: Mapping[str, Any], key: str, path: str, bounds: tuple[int, int | None]) -> int | None:
+        value = obj.get(key)
+        if value is None:
+            return None
+        # bool is an int subclass; `memoryMB: true` is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"{path}.{key}", "must be an integer")
+            return None
+        low, high = bounds
+        if value < low or (high is not None and value > high):
+            rule = f"must be between {low} and {high}" if high is not None else f"must be at least {low}"
+            self.fail(f"{path}.{key}", rule)
+            return None
+        return value
+
+    def number(self, obj: Mapping[str, Any], key: str, path: str, minimum: float) -> float | None:
+        value = obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(f"{path}.{key}", "must be a number")
+            return None
+        if value < minimum:
+            self.fail(f"{path}.{key}", f"must be at least {minimum:g}")
+            return None
+        return float(value)
+
+
+def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "default") -> FunctionSpec:
+    """Turn a `Function` manifest into a `FunctionSpec`, or raise `SpecError` naming every bad field."""
+    r = _Reader()
+    if manifest.get("kind", "Function") != "Function":
+        r.fail("kind", "must be Function")
+    api_version = manifest.get("apiVersion", API_VERSION)
+    if api_version != API_VERSION:
+        r.fail("apiVersion", f"must be {API_VERSION}")
+    meta = r.mapping(manifest, "metadata", "")
+    name = r.string(meta, "name", "metadata", required=True) or ""
+    if name and not (NAME_RE.match(name) and K8S_NAME_RE.match(name)):
+        r.fail("metadata.name", "must be 1-64 lower-case letters, digits or '-', starting and ending alphanumeric")
+    namespace = r.string(meta, "namespace", "metadata") or default_namespace
+    spec = r.mapping(manifest, "spec", "")
+    if "spec" not in manifest:
+        r.fail("spec", "is required")
+
+    runtime = r.string(spec, "runtime", "spec", required=True) or ""
+    if runtime and runtime not in RUNTIMES:
+        r.fail("spec.runtime", f"must be one of {', '.join(RUNTIMES)}")
+    handler = r.string(spec, "handler", "spec", required=runtime in PYTHON_RUNTIMES) or ""
+    if handler and not HANDLER_RE.match(handler):
+        r.fail("spec.handler", "must be 1-128 characters without white space")
+    if runtime in PYTHON_RUNTIMES and handler and "." not in handler:
+        r.fail("spec.handler", "must be module.function (e.g. app.handler)")
+
+    code = _parse_code(r, spec)
+    memory = r.integer(spec, "memoryMB", "spec", MEMORY_MB)
+    timeout = r.integer(spec, "timeoutSeconds", "spec", TIMEOUT_SECONDS)
+    environment = _parse_environment(r, spec)
+
+    conc = r.mapping(spec, "concurrency", "spec")
+    reserved = r.integer(conc, "reserved", "spec.concurrency", (0, None))
+    provisioned = r.integer(conc, "provisioned", "spec.concurrency", (0, None)) or 0
+    if reserved is not None and provisioned > reserved:
+        r.fail("spec.concurrency.provisioned", "must not exceed spec.concurrency.reserved")
+
+    scal = r.mapping(spec, "scaling", "spec")
+    idle = r.number(scal, "idleSeconds", "spec.scaling", 0)
+    max_instances = r.integer(scal, "maxInstances", "spec.scaling", (1, None))
+    burst = r.integer(scal, "burst", "spec.scaling", (1, None))
+
+    asy = r.mapping(spec, "async", "spec")
+    retries = r.integer(asy, "maxRetryAttempts", "spec.async", MAX_RETRY_ATTEMPTS)
+    max_age = r.integer(asy, "maxEventAgeSeconds", "spec.async", MAX_EVENT_AGE_SECONDS)
+    on_success = _destination(r, asy, "onSuccess")
+    on_failure = _destination(r, asy, "onFailure")
+    description = r.string(spec, "description", "spec") or ""
+
+    if r.errors:
+        raise SpecError(r.errors)
+    return FunctionSpec(
+        name=name,
+        namespace=namespace,
+        runtime=runtime,
+        handler=handler,
+        code=code,
+        memory_mb=memory or 128,
+        timeout_seconds=timeout or 3,
+        environment=environment,
+        concurrency=Concurrency(reserved=reserved, provisioned=provisioned),
+        scaling=Scaling(
+            idle_seconds=300.0 if idle is None else idle,
+            max_instances=max_instances,
+            burst=burst or 1000,
+        ),
+        async_config=AsyncConfig(
+            max_retry_attempts=2 if retries is None else retries,
+            max_event_age_seconds=max_age or 21600,
+            on_success=on_success,
+            on_failure=on_failure,
+        ),
+        description=description,
+    )
+
+
+def _parse_code(r: _Reader, spec: Mapping[str, Any]) -> Code:
+    code = r.mapping(spec, "code", "spec")
+    if "code" not in spec:
+        r.fail("spec.code", "is required")
+        return Code()
+    files_raw = code.get("files")
+    path = r.string(code, "path", "spec.code")
+    files: dict[str, str] | None = None
+    if files_raw is not None:
+        if not isinstance(files_raw, Mapping) or not files_raw:
+            r.fail("spec.code.files", "must be a non-empty object of file name to text")
+        else:
+            files = {}
+            for fname, text in files_raw.items():
+                if not isinstance(text, str):
+                    r.fail(f"spec.code.files.{fname}", "must be a string")
+                elif not _is_safe_relative(str(fname)):
+                    r.fail(f"spec.code.files.{fname}", "must be a relative path inside the code directory")
+                else:
+                    files[str(fname)] = text
+    if (files_raw is None) == (path is None):
+        r.fail("spec.code", "must set exactly one of files or path")
+    return Code(files=files, path=path)
+
+
+def _is_safe_relative(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
+def _parse_environment(r: _Reader, spec: Mapping[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for key, value in r.mapping(spec, "environment", "spec").items():
+        path = f"spec.environment.{key}"
+        if not ENV_NAME_RE.match(str(key)):
+            r.fail(path, "name must start with a letter and contain only letters, digits and '_'")
+        elif key in RESERVED_ENV:
+            r.fail(path, "is reserved by the Lambda runtime environment")
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
+            r.fail(path, "must be a string")
+        else:
+            env[str(key)] = str(value)
+    return env
+
+
+def _destination(r: _Reader, asy: Mapping[str, Any], key: str) -> str | None:
+    value = r.string(asy, key, "spec.async")
+    if value is not None and not NAME_RE.match(value):
+        r.fail(f"spec.async.{key}", "must be a function name")
+        return None
+    return value

@@ -1,0 +1,1 @@
+"""The runtime side of kambda: the gRPC runtime interface, the in-pod agent and the runtime images."""

@@ -1,0 +1,158 @@
+"""Process entry points of the agent.
+
+- `run_single`: a pod's agent. One sandbox, configured by the `KAMBDA_SANDBOX` JSON the operator writes into the
+  pod spec and the credential in `KAMBDA_CREDENTIAL` (or the file `KAMBDA_CREDENTIAL_FILE`). Exits when the
+  gateway stops it or rejects it.
+- `run_supervisor`: the local backend's pre-started agent. Hosts many sandboxes in one warm process, so that a
+  cold start spawns only the runtime, never another interpreter that imports grpc and aiohttp. The gateway drives
+  it with JSON lines on stdin (`{"op": "start", "sandbox": {...}, "credential": "..."}`); it reports each
+  sandbox's end on stdout (`{"event": "stopped", "instance_id": ...}`) and exits when stdin closes, so it can
+  never outlive the gateway that started it. Function logs go to stderr, each line prefixed with the function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from grpc import aio
+
+from .sandbox import Sandbox, SandboxConfig
+from .session import Identity, Session
+
+log = logging.getLogger("kambda.agent")
+MAX_MESSAGE = 16 * 1024 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def config_from_json(data: Mapping[str, Any]) -> SandboxConfig:
+    fields = {k: v for k, v in data.items() if k in SandboxConfig.__dataclass_fields__}
+    return SandboxConfig(**fields)
+
+
+async def _start_sandbox(
+    channel: aio.Channel, config: SandboxConfig, credential: str, sink: Any
+) -> tuple[Sandbox, asyncio.Task[None]]:
+    identity = Identity(config.function, config.version, config.instance_id, credential)
+    holder: list[Sandbox] = []
+
+    def on_stop(reason: str) -> None:
+        log.info("sandbox %s stopping: %s", config.instance_id, reason)
+        if holder:
+            asyncio.get_running_loop().create_task(holder[0].stop())
+
+    session = Session(channel, identity, on_stop=on_stop)
+    sandbox = Sandbox(config, session, sink)
+    holder.append(sandbox)
+    await sandbox.start()
+    task = asyncio.create_task(session.run(), name=f"session-{config.instance_id}")
+    return sandbox, task
+
+
+async def run_single(gateway: str) -> int:
+    config = config_from_json(json.loads(os.environ["KAMBDA_SANDBOX"]))
+    credential = os.environ.get("KAMBDA_CREDENTIAL", "")
+    if not credential and os.environ.get("KAMBDA_CREDENTIAL_FILE"):
+        with open(os.environ["KAMBDA_CREDENTIAL_FILE"]) as f:
+            credential = f.read().strip()
+    out = sys.stdout.buffer
+
+    def sink(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
+        sandbox, session_task = await _start_sandbox(channel, config, credential, sink)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: loop.create_task(sandbox.stop()))
+        await sandbox.stopped.wait()
+        session_task.cancel()
+        await asyncio.gather(session_task, return_exceptions=True)
+    return 0
+
+
+async def run_supervisor(gateway: str) -> int:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    sandboxes: dict[str, Sandbox] = {}
+    err = sys.stderr.buffer
+
+    def report(event: Mapping[str, Any]) -> None:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+    def prefixed_sink(prefix: bytes) -> Any:
+        partial = bytearray()
+
+        def sink(data: bytes) -> None:
+            partial.extend(data)
+            *lines, rest = bytes(partial).split(b"\n")
+            partial[:] = rest
+            if lines:
+                err.write(b"".join(prefix + line + b"\n" for line in lines))
+                err.flush()
+
+        return sink
+
+    async def watch(instance_id: str, sandbox: Sandbox, task: asyncio.Task[None]) -> None:
+        await sandbox.stopped.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sandboxes.pop(instance_id, None)
+        report({"event": "stopped", "instance_id": instance_id})
+
+    watchers: set[asyncio.Task[None]] = set()
+    async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
+        report({"event": "ready"})
+        while line := await reader.readline():
+            try:
+                command = json.loads(line)
+                if command["op"] == "start":
+                    config = config_from_json(command["sandbox"])
+                    sink = prefixed_sink(f"[{config.name}:{config.version}] ".encode())
+                    sandbox, task = await _start_sandbox(channel, config, command["credential"], sink)
+                    sandboxes[config.instance_id] = sandbox
+                    watcher = asyncio.create_task(watch(config.instance_id, sandbox, task))
+                    watchers.add(watcher)
+                    watcher.add_done_callback(watchers.discard)
+                elif command["op"] == "stop" and command["instance_id"] in sandboxes:
+                    await sandboxes[command["instance_id"]].stop()
+            except Exception as exc:  # a bad command must not take the other sandboxes down
+                log.exception("bad supervisor command %r", line)
+                report({"event": "error", "message": str(exc), "command": line.decode(errors="replace")})
+                if isinstance(line, bytes) and b'"start"' in line:
+                    try:
+                        report({"event": "stopped", "instance_id": json.loads(line)["sandbox"]["instance_id"]})
+                    except (ValueError, KeyError, TypeError):
+                        pass
+        await asyncio.gather(*(s.stop() for s in list(sandboxes.values())), return_exceptions=True)
+        await asyncio.gather(*watchers, return_exceptions=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="kambda agent", description="kambda sandbox agent")
+    parser.add_argument("--gateway", default=os.environ.get("KAMBDA_GATEWAY", "127.0.0.1:9090"), help="gRPC host:port")
+    parser.add_argument("--supervise", action="store_true", help="host many sandboxes, driven on stdin")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("KAMBDA_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = run_supervisor if args.supervise else run_single
+    return asyncio.run(runner(args.gateway))

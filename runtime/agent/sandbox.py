@@ -1,0 +1,292 @@
+"""One sandbox: a runtime process, the Runtime API it talks to, and the gateway session that feeds it.
+
+Lifecycle, as Lambda's: the runtime is started (init), asks for work (/next), answers (/response or /error), asks
+again. The sandbox turns the three ways an invocation can end badly into the caller's error:
+- the deadline passes: the runtime's process group is killed, the caller gets `Sandbox.Timedout`;
+- the runtime dies mid-invocation: `Runtime.ExitError`;
+- init fails (/init/error, or the runtime exits before ever asking for work): the next invocation gets that error.
+After any of these the runtime is started afresh, so the following invocation is a cold start. A broken runtime is
+only restarted after it has answered an invocation, so a function that cannot init does not spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..rpc import runtime_pb2 as pb
+from . import limits, logs, reports, runtime_api
+from .session import Session
+
+log = logging.getLogger(__name__)
+PYTHON_PREFIX = "python"
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Everything needed to run one instance of one function version."""
+
+    instance_id: str
+    function: str  # namespace/name
+    version: str
+    runtime: str  # python3.x or provided*
+    handler: str
+    code_dir: str
+    memory_mb: int
+    timeout_seconds: float
+    environment: Mapping[str, str] = field(default_factory=dict)
+    region: str = "us-east-1"
+    python: str = sys.executable  # interpreter that has awslambdaric
+    use_cgroups: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.function.split("/", 1)[-1]
+
+    def runtime_argv(self) -> list[str]:
+        if self.runtime.startswith(PYTHON_PREFIX):
+            return [self.python, "-m", "awslambdaric", self.handler]
+        return [os.path.join(self.code_dir, "bootstrap")]
+
+    def runtime_env(self, api_port: int) -> dict[str, str]:
+        """The reserved Lambda environment plus the function's own variables (configuration-envvars)."""
+        stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{self.version}]{self.instance_id}"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
+            **self.environment,
+            "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api_port}",
+            "_HANDLER": self.handler,
+            "LAMBDA_TASK_ROOT": self.code_dir,
+            "LAMBDA_RUNTIME_DIR": os.path.dirname(self.runtime_argv()[0]),
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_LAMBDA_FUNCTION_NAME": self.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": self.version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        }
+        if self.runtime.startswith(PYTHON_PREFIX):
+            env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_{self.runtime}"
+        return env
+
+
+@dataclass
+class _InFlight:
+    invocation: pb.Invocation
+    started: float  # monotonic
+    init_duration_ms: float
+    timer: asyncio.TimerHandle | None = None
+
+
+class Sandbox(runtime_api.RuntimeHost):
+    def __init__(self, config: SandboxConfig, session: Session, sink: logs.Sink) -> None:
+        self.config = config
+        self._session = session
+        self._sink = sink
+        self._memory = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._capture: logs.LogCapture | None = None
+        self._spawned_at = 0.0
+        self._init_duration_ms: float | None = None  # set when a fresh runtime first asks for work (or dies trying)
+        self._served = False  # whether this runtime process has been handed an invocation (else: cold)
+        self._init_error: tuple[str, bytes] | None = None
+        self._current: _InFlight | None = None
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self.stopped = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._runner, self._port = await runtime_api.serve(runtime_api.create_app(self))
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"sandbox-{self.config.instance_id}")
+
+    async def stop(self) -> None:
+        if self._stopping:
+            await self.stopped.wait()
+            return
+        self._stopping = True
+        self._kill()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._capture is not None:
+            self._capture.close()
+        self._memory.release()
+        self.stopped.set()
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        read_fd, write_fd = os.pipe()
+        self._memory.reset_peak()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._memory.wrap(self.config.runtime_argv()),
+                cwd=self.config.code_dir,
+                env=self.config.runtime_env(self._port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                start_new_session=True,  # its own process group, so a timeout kills everything it started
+            )
+        finally:
+            os.close(write_fd)
+        if self._capture is not None:
+            self._capture.close()
+        self._capture = logs.LogCapture(read_fd, self._sink, loop=asyncio.get_running_loop())
+        self._spawned_at = time.monotonic()
+        self._init_duration_ms = None
+        self._served = False
+        self._init_error = None
+        return proc
+
+    async def _supervise(self) -> None:
+        """Start the runtime, and after every exit decide what the exit means and start it again."""
+        while not self._stopping:
+            self._proc = proc = await self._spawn()
+            returncode = await proc.wait()
+            if self._stopping:
+                return
+            if self._capture is not None:
+                self._capture.drain()
+            if self._current is not None:
+                await self._finish_error("Runtime.ExitError", reports.exit_error(self._current.invocation.request_id, returncode))
+            elif self._init_duration_ms is None:
+                # Died during init: the first invocation that comes answers for it (Lambda's suppressed init).
+                self._init_duration_ms = (time.monotonic() - self._spawned_at) * 1000
+                error = self._init_error or (
+                    "Runtime.ExitError", reports.error_payload("Runtime.ExitError", f"Runtime exited with error: exit status {returncode}")
+                )
+                await self._answer_with_init_error(*error)
+            else:
+                log.warning("runtime of %s exited while idle (%s); restarting", self.config.instance_id, returncode)
+
+    async def _answer_with_init_error(self, error_type: str, payload: bytes) -> None:
+        invocation = await self._session.next()
+        self._begin(invocation)
+        await self._finish_error(error_type, payload)
+
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            limits.kill_group(proc.pid)
+
+    # ---- the Runtime API (called by runtime_api) -------------------------------------------------------------
+
+    async def next_invocation(self) -> tuple[pb.Invocation, int]:
+        if self._current is not None:
+            raise runtime_api.InvalidState("an invocation is in progress: post its response or error first")
+        if self._init_duration_ms is None:
+            self._init_duration_ms = (time.monotonic() - self._spawned_at) * 1000
+        invocation = await self._session.next()
+        return invocation, self._begin(invocation)
+
+    def _begin(self, invocation: pb.Invocation) -> int:
+        """Hand an invocation to the runtime: note START, arm the deadline. Returns the deadline (epoch ms)."""
+        init_duration_ms = 0.0 if self._served else (self._init_duration_ms or 0.0)
+        self._served = True
+        self._current = _InFlight(invocation, time.monotonic(), init_duration_ms)
+        timeout = self.config.timeout_seconds
+        deadline_ms = int(time.time() * 1000 + timeout * 1000)
+        self._current.timer = asyncio.get_running_loop().call_later(timeout, self._on_deadline, invocation.request_id)
+        if self._capture is not None:
+            self._capture.note(reports.start_line(invocation.request_id, self.config.version))
+        return deadline_ms
+
+    def _on_deadline(self, request_id: str) -> None:
+        if self._current is None or self._current.invocation.request_id != request_id:
+            return
+        self._kill()
+        payload = reports.timeout_error(request_id, self.config.timeout_seconds)
+        asyncio.get_running_loop().create_task(self._finish_error("Sandbox.Timedout", payload))
+
+    def _check_current(self, request_id: str) -> None:
+        if self._current is None:
+            raise runtime_api.InvalidState("no invocation is in progress")
+        if self._current.invocation.request_id != request_id:
+            raise runtime_api.UnknownRequest(request_id)
+
+    async def post_response(self, request_id: str, body: bytes) -> None:
+        self._check_current(request_id)
+        report, tail = self._end()
+        await self._session.send_result(
+            pb.AgentMessage(response=pb.Response(request_id=request_id, payload=body, report=report, log_tail=tail))
+        )
+
+    async def post_error(self, request_id: str, body: bytes, error_type_header: str | None) -> None:
+        self._check_current(request_id)
+        await self._finish_error(reports.error_type_of(body, error_type_header), body)
+
+    async def post_init_error(self, body: bytes, error_type_header: str | None) -> None:
+        if self._init_duration_ms is not None and self._current is None:
+            raise runtime_api.InvalidState("init already completed")
+        self._init_error = (reports.error_type_of(body, error_type_header), body)
+        await self._session.send_result(
+            pb.AgentMessage(init_error=pb.InitError(error_type=self._init_error[0], payload=body))
+        )
+
+    async def payload_too_large(self, request_id: str, size: int) -> None:
+        self._check_current(request_id)
+        message = (
+            f"Response payload size ({size} bytes) exceeded maximum allowed payload size "
+            f"({runtime_api.MAX_PAYLOAD} bytes)."
+        )
+        await self._finish_error("Function.ResponseSizeTooLarge", reports.error_payload("Function.ResponseSizeTooLarge", message))
+
+    # ---- ending an invocation --------------------------------------------------------------------------------
+
+    def _end(self) -> tuple[pb.Report, bytes]:
+        """Close the current invocation: stop its clock, write END and REPORT, return the report and log tail."""
+        current = self._current
+        assert current is not None
+        self._current = None
+        if current.timer is not None:
+            current.timer.cancel()
+        duration_ms = (time.monotonic() - current.started) * 1000
+        pid = self._proc.pid if self._proc is not None else None
+        measured = reports.Measurement(
+            duration_ms=duration_ms,
+            memory_size_mb=self.config.memory_mb,
+            max_memory_used_mb=self._memory.max_used_mb(pid),
+            init_duration_ms=current.init_duration_ms,
+        )
+        request_id = current.invocation.request_id
+        tail = b""
+        if self._capture is not None:
+            self._capture.note(reports.end_line(request_id))
+            self._capture.note(reports.report_line(request_id, measured))
+            log_text = self._capture.take()
+            tail = reports.tail(log_text) if current.invocation.tail_logs else b""
+        report = pb.Report(
+            duration_ms=measured.duration_ms,
+            init_duration_ms=measured.init_duration_ms,
+            max_memory_used_mb=measured.max_memory_used_mb,
+            memory_size_mb=measured.memory_size_mb,
+        )
+        return report, tail
+
+    async def _finish_error(self, error_type: str, payload: bytes) -> None:
+        if self._current is None:
+            return
+        request_id = self._current.invocation.request_id
+        report, tail = self._end()
+        await self._session.send_result(
+            pb.AgentMessage(
+                error=pb.Error(request_id=request_id, error_type=error_type, payload=payload, report=report, log_tail=tail)
+            )
+        )

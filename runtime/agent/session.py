@@ -1,0 +1,126 @@
+"""The agent's end of the gRPC runtime interface: one authenticated stream per sandbox, reconnecting on loss.
+
+`next()` asks the gateway for work at most once at a time (an outstanding Next survives a reconnect, because the
+runtime is still waiting for it). Invocations arrive on the stream and wait in an inbox until the runtime takes
+them. Results sent while the gateway is unreachable are dropped: their caller's connection died with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+
+from ..rpc import runtime_pb2 as pb
+from ..rpc import runtime_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
+RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)  # then 2 s forever
+
+
+@dataclass(frozen=True)
+class Identity:
+    function: str  # namespace/name
+    version: str
+    instance_id: str
+    credential: str
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ("authorization", f"Bearer {self.credential}"),
+            ("kambda-function", self.function),
+            ("kambda-version", self.version),
+            ("kambda-instance", self.instance_id),
+        )
+
+
+class SessionRejected(Exception):
+    """The gateway refused this sandbox for good (bad credential, unknown function): retrying cannot help."""
+
+
+class Session:
+    def __init__(self, channel: aio.Channel, identity: Identity, *, on_stop: Callable[[str], None]) -> None:
+        self._stub = pb_grpc.RuntimeInterfaceStub(channel)
+        self._identity = identity
+        self._on_stop = on_stop
+        self._call: aio.StreamStreamCall | None = None
+        self._connected = asyncio.Event()
+        self._inbox: asyncio.Queue[pb.Invocation] = asyncio.Queue()
+        self._next_outstanding = False
+        self._closed = False
+        self.failure: BaseException | None = None
+
+    async def run(self) -> None:
+        """Keep a stream open until closed or rejected; dispatch what the gateway sends."""
+        attempt = 0
+        while not self._closed:
+            call = self._stub.Session(metadata=self._identity.metadata())
+            self._call = call
+            try:
+                if self._next_outstanding:
+                    await call.write(pb.AgentMessage(next=pb.Next()))
+                self._connected.set()
+                async for message in call:
+                    attempt = 0
+                    self._dispatch(message)
+                    if message.HasField("stop"):
+                        return
+            except aio.AioRpcError as exc:
+                if exc.code() in FATAL_CODES:
+                    self.failure = SessionRejected(f"{exc.code().name}: {exc.details()}")
+                    self._on_stop(f"rejected by the gateway: {exc.details()}")
+                    return
+                log.info("gateway stream lost (%s); reconnecting", exc.code().name)
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            finally:
+                self._connected.clear()
+                self._call = None
+            if self._closed:
+                return
+            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            attempt += 1
+
+    def _dispatch(self, message: pb.GatewayMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "invocation":
+            self._next_outstanding = False
+            self._inbox.put_nowait(message.invocation)
+        elif kind == "stop":
+            self._closed = True
+            self._on_stop(message.stop.reason or "stopped by the gateway")
+
+    async def next(self) -> pb.Invocation:
+        """The next invocation for this sandbox; asks the gateway only if no request is already outstanding."""
+        if self._inbox.empty() and not self._next_outstanding:
+            self._next_outstanding = True
+            await self._send(pb.AgentMessage(next=pb.Next()))
+        return await self._inbox.get()
+
+    async def send_result(self, message: pb.AgentMessage) -> None:
+        await self._send(message)
+
+    async def _send(self, message: pb.AgentMessage) -> None:
+        call = self._call
+        if call is None:
+            # Not connected: a Next is re-sent on reconnect; a result has nobody left to read it.
+            return
+        try:
+            await call.write(message)
+        except (aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            log.info("could not send to the gateway: %s", exc)
+
+    async def close(self) -> None:
+        self._closed = True
+        call = self._call
+        if call is not None:
+            try:
+                await call.done_writing()
+            except (aio.AioRpcError, asyncio.InvalidStateError):
+                call.cancel()
