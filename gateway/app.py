@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,14 +21,6 @@ from .registry import Registry
 from .scaler import Scaler
 from .settings import GatewaySettings
 
-SETTINGS = web.AppKey("settings", GatewaySettings)
-REGISTRY = web.AppKey("registry", Registry)
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-METRICS = web.AppKey("metrics", Metrics)
-SCALER = web.AppKey("scaler", Scaler)
-ENDPOINTS = web.AppKey("endpoints", "Endpoints")
-READY = web.AppKey("ready", asyncio.Event)
-
 
 @dataclass
 class Endpoints:
@@ -39,6 +31,15 @@ class Endpoints:
     def grpc_target(self, host: str) -> str:
         # Agents on this host cannot dial a wildcard address.
         return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{self.grpc_port}"
+
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+REGISTRY = web.AppKey("registry", Registry)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+METRICS = web.AppKey("metrics", Metrics)
+SCALER = web.AppKey("scaler", Scaler)
+ENDPOINTS = web.AppKey("endpoints", Endpoints)
+READY = web.AppKey("ready", asyncio.Event)
 
 
 def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, signing_key: bytes) -> web.Application:
@@ -94,7 +95,9 @@ def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, 
 
 
 @web.middleware
-async def _aws_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def _aws_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Unknown routes and unexpected failures still answer in the AWS error shape botocore parses."""
     try:
         return await handler(request)

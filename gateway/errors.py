@@ -13,7 +13,9 @@ from aiohttp import web
 _CAPITAL_MESSAGE = {"ResourceNotFoundException", "ServiceException"}
 
 
-def aws_error(status: int, error_type: str, message: str, *, request_id: str | None = None, **extra: Any) -> web.Response:
+def aws_error(
+    status: int, error_type: str, message: str, *, request_id: str | None = None, **extra: Any
+) -> web.Response:
     body: dict[str, Any] = {"Type": "Service" if status >= 500 else "User"}
     body["Message" if error_type in _CAPITAL_MESSAGE else "message"] = message
     body.update(extra)

@@ -93,7 +93,9 @@ class InvokeAPI:
             raise BadRequest(errors.invalid_parameter(str(exc))) from None
         invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:
-            raise BadRequest(errors.invalid_parameter(f"X-Amz-Invocation-Type must be one of {', '.join(INVOCATION_TYPES)}"))
+            raise BadRequest(
+                errors.invalid_parameter(f"X-Amz-Invocation-Type must be one of {', '.join(INVOCATION_TYPES)}")
+            )
         log_type = request.headers.get("X-Amz-Log-Type", "None")
         if log_type not in LOG_TYPES:
             raise BadRequest(errors.invalid_parameter("X-Amz-Log-Type must be None or Tail"))
@@ -147,7 +149,8 @@ class InvokeAPI:
             self._admission.release(function)
         if outcome is None:
             return errors.aws_error(
-                502, "ResourceNotReadyException",
+                502,
+                "ResourceNotReadyException",
                 f"No instance of {spec.name} became ready within {self._settings.queue_timeout:g} seconds",
             )
         headers = {
@@ -182,7 +185,9 @@ class InvokeAPI:
             outcome = await asyncio.wait_for(future, version.spec.timeout_seconds + GRACE_SECONDS)
         except TimeoutError:
             outcome = Outcome(
-                json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": "the instance stopped answering"}).encode(),
+                json.dumps(
+                    {"errorType": "Sandbox.Timedout", "errorMessage": "the instance stopped answering"}
+                ).encode(),
                 "Sandbox.Timedout",
             )
         self._record(version, outcome)

@@ -19,28 +19,42 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.invocations = Counter(
-            "kambda_invocations", "Invocations answered, by outcome (success, error).",
-            ["function", "version", "outcome"], registry=r,
+            "kambda_invocations",
+            "Invocations answered, by outcome (success, error).",
+            ["function", "version", "outcome"],
+            registry=r,
         )
         self.throttles = Counter(
             "kambda_throttles", "Invocations refused with 429, by Lambda's Reason.", ["function", "reason"], registry=r
         )
         self.duration = Histogram(
-            "kambda_invocation_duration_seconds", "Handler duration as the agent measured it.",
-            ["function", "version"], buckets=DURATION_BUCKETS, registry=r,
+            "kambda_invocation_duration_seconds",
+            "Handler duration as the agent measured it.",
+            ["function", "version"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.init_duration = Histogram(
-            "kambda_init_duration_seconds", "Runtime init duration of cold starts.",
-            ["function", "version"], buckets=DURATION_BUCKETS, registry=r,
+            "kambda_init_duration_seconds",
+            "Runtime init duration of cold starts.",
+            ["function", "version"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.cold_starts = Counter(
-            "kambda_cold_starts", "Invocations served by a freshly initialised runtime.", ["function", "version"], registry=r
+            "kambda_cold_starts",
+            "Invocations served by a freshly initialised runtime.",
+            ["function", "version"],
+            registry=r,
         )
         self.instances_started = Counter(
             "kambda_instances_started", "Instances the scaler asked a backend for.", ["function", "version"], registry=r
         )
         self.instances_stopped = Counter(
-            "kambda_instances_stopped", "Instances retired after their idle window.", ["function", "version"], registry=r
+            "kambda_instances_stopped",
+            "Instances retired after their idle window.",
+            ["function", "version"],
+            registry=r,
         )
 
     def watch(self, dispatcher: Dispatcher) -> None:

@@ -32,8 +32,10 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
         self._dispatcher = dispatcher
         self._key = signing_key
 
-    async def Session(  # noqa: N802 (the generated servicer's name)
-        self, request_iterator: AsyncIterator[pb.AgentMessage], context: aio.ServicerContext[pb.AgentMessage, pb.GatewayMessage]
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: aio.ServicerContext[pb.AgentMessage, pb.GatewayMessage],
     ) -> None:
         md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         function = md.get("kambda-function", "")
@@ -65,7 +67,7 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
 
 async def start_server(servicer: RuntimeInterface, host: str, port: int) -> tuple[aio.Server, int]:
     server = aio.server(options=SERVER_OPTIONS)
-    pb_grpc.add_RuntimeInterfaceServicer_to_server(servicer, server)
+    pb_grpc.add_RuntimeInterfaceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, bound

@@ -40,7 +40,9 @@ def parse_function_ref(function_name: str, qualifier: str | None = None) -> Func
         if not _QUALIFIER.match(qualifier):
             raise InvalidReference(f"Invalid qualifier: {qualifier!r}")
         if derived is not None and derived != qualifier:
-            raise InvalidReference("The derived qualifier from the function name does not match the specified qualifier.")
+            raise InvalidReference(
+                "The derived qualifier from the function name does not match the specified qualifier."
+            )
     return FunctionRef(name=match.group("name"), qualifier=qualifier if qualifier is not None else derived)
 
 

@@ -52,9 +52,14 @@ class LocalBackend:
             if self._proc is not None and self._proc.returncode is None:
                 return self._proc
             proc = await asyncio.create_subprocess_exec(
-                self._settings.python, "-m", "kambda.runtime.agent", "--supervise",
-                "--gateway", self._grpc_target,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                self._settings.python,
+                "-m",
+                "kambda.runtime.agent",
+                "--supervise",
+                "--gateway",
+                self._grpc_target,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
                 limit=16 * 1024 * 1024,
             )
             assert proc.stdout is not None

@@ -48,7 +48,7 @@ class MemoryLimit:
         return max(1, round(peak / MIB))
 
     def reset_peak(self) -> None:
-        """Forget the previous runtime's peak when a sandbox re-initialises (v1 only; v2 peaks reset with the cgroup)."""
+        """Forget the previous runtime's peak when a sandbox re-initialises (cgroup v1; v2 has no reset)."""
         if self.cgroup is not None and not self.cgroup_v2:
             with contextlib.suppress(OSError):
                 (self.cgroup / "memory.max_usage_in_bytes").write_text("0")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -136,10 +137,8 @@ async def run_supervisor(gateway: str) -> int:
                 log.exception("bad supervisor command %r", line)
                 report({"event": "error", "message": str(exc), "command": line.decode(errors="replace")})
                 if isinstance(line, bytes) and b'"start"' in line:
-                    try:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
                         report({"event": "stopped", "instance_id": json.loads(line)["sandbox"]["instance_id"]})
-                    except (ValueError, KeyError, TypeError):
-                        pass
         await asyncio.gather(*(s.stop() for s in list(sandboxes.values())), return_exceptions=True)
         await asyncio.gather(*watchers, return_exceptions=True)
     return 0
@@ -152,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway", default=os.environ.get("KAMBDA_GATEWAY", "127.0.0.1:9090"), help="gRPC host:port")
     parser.add_argument("--supervise", action="store_true", help="host many sandboxes, driven on stdin")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("KAMBDA_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("KAMBDA_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     runner = run_supervisor if args.supervise else run_single
     return asyncio.run(runner(args.gateway))

@@ -52,7 +52,9 @@ def error_payload(error_type: str, message: str) -> bytes:
 
 
 def timeout_error(request_id: str, timeout_seconds: float) -> bytes:
-    return error_payload("Sandbox.Timedout", f"RequestId: {request_id} Error: Task timed out after {timeout_seconds:.2f} seconds")
+    return error_payload(
+        "Sandbox.Timedout", f"RequestId: {request_id} Error: Task timed out after {timeout_seconds:.2f} seconds"
+    )
 
 
 def exit_error(request_id: str, returncode: int) -> bytes:

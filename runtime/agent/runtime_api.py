@@ -15,6 +15,7 @@ from typing import Protocol
 from aiohttp import web
 
 from ..rpc import runtime_pb2 as pb
+from .session import SessionClosed
 
 PREFIX = "/2018-06-01"
 MAX_PAYLOAD = 6 * 1024 * 1024 + 100  # the Runtime API's limit (RIE interop/model.go)
@@ -71,6 +72,9 @@ def create_app(host: RuntimeHost) -> web.Application:
             inv, deadline_ms = await host.next_invocation()
         except InvalidState as exc:
             return _error(403, "InvalidStateTransition", str(exc))
+        except SessionClosed:
+            # Per the Runtime API, a 500 on /next tells the runtime to exit; the sandbox is going away.
+            return _error(500, "Runtime.SandboxStopped", "the sandbox is shutting down")
         return web.Response(
             status=200, body=inv.payload, headers=invocation_headers(inv, deadline_ms), content_type="application/json"
         )
@@ -79,16 +83,12 @@ def create_app(host: RuntimeHost) -> web.Application:
         request_id = request.match_info["request_id"]
         if request.content_length is not None and request.content_length > MAX_PAYLOAD:
             await host.payload_too_large(request_id, request.content_length)
-            return _error(
-                413, "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({MAX_PAYLOAD} bytes)."
-            )
+            return _error(413, "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({MAX_PAYLOAD} bytes).")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             await host.payload_too_large(request_id, MAX_PAYLOAD + 1)
-            return _error(
-                413, "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({MAX_PAYLOAD} bytes)."
-            )
+            return _error(413, "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({MAX_PAYLOAD} bytes).")
         return await _guarded(host.post_response(request_id, body))
 
     async def error(request: web.Request) -> web.StreamResponse:
@@ -124,7 +124,9 @@ async def _guarded(action: Awaitable[None]) -> web.Response:
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     """Start the API on an ephemeral loopback port; returns the runner (to clean up) and the port."""
-    runner = web.AppRunner(app, access_log=None, max_field_size=MAX_HEADER, max_line_size=MAX_HEADER)
+    runner = web.AppRunner(
+        app, access_log=None, max_field_size=MAX_HEADER, max_line_size=MAX_HEADER, shutdown_timeout=0.5
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

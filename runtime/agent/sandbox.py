@@ -165,16 +165,19 @@ class Sandbox(runtime_api.RuntimeHost):
             if self._capture is not None:
                 self._capture.drain()
             if self._current is not None:
-                await self._finish_error("Runtime.ExitError", reports.exit_error(self._current.invocation.request_id, returncode))
+                await self._finish_error(
+                    "Runtime.ExitError", reports.exit_error(self._current.invocation.request_id, returncode)
+                )
             elif self._init_duration_ms is None:
                 # Died during init: the first invocation that comes answers for it (Lambda's suppressed init).
                 self._init_duration_ms = (time.monotonic() - self._spawned_at) * 1000
                 error = self._init_error or (
-                    "Runtime.ExitError", reports.error_payload("Runtime.ExitError", f"Runtime exited with error: exit status {returncode}")
+                    "Runtime.ExitError",
+                    reports.error_payload("Runtime.ExitError", f"Runtime exited with error: exit status {returncode}"),
                 )
                 await self._answer_with_init_error(*error)
             else:
-                log.warning("runtime of %s exited while idle (%s); restarting", self.config.instance_id, returncode)
+                log.info("runtime of %s exited while idle (%s); restarting", self.config.instance_id, returncode)
 
     async def _answer_with_init_error(self, error_type: str, payload: bytes) -> None:
         invocation = await self._session.next()
@@ -246,7 +249,9 @@ class Sandbox(runtime_api.RuntimeHost):
             f"Response payload size ({size} bytes) exceeded maximum allowed payload size "
             f"({runtime_api.MAX_PAYLOAD} bytes)."
         )
-        await self._finish_error("Function.ResponseSizeTooLarge", reports.error_payload("Function.ResponseSizeTooLarge", message))
+        await self._finish_error(
+            "Function.ResponseSizeTooLarge", reports.error_payload("Function.ResponseSizeTooLarge", message)
+        )
 
     # ---- ending an invocation --------------------------------------------------------------------------------
 
@@ -287,6 +292,8 @@ class Sandbox(runtime_api.RuntimeHost):
         report, tail = self._end()
         await self._session.send_result(
             pb.AgentMessage(
-                error=pb.Error(request_id=request_id, error_type=error_type, payload=payload, report=report, log_tail=tail)
+                error=pb.Error(
+                    request_id=request_id, error_type=error_type, payload=payload, report=report, log_tail=tail
+                )
             )
         )

@@ -39,18 +39,22 @@ class Identity:
         )
 
 
+class SessionClosed(Exception):
+    """The sandbox is shutting down: no further invocations will come."""
+
+
 class SessionRejected(Exception):
     """The gateway refused this sandbox for good (bad credential, unknown function): retrying cannot help."""
 
 
 class Session:
     def __init__(self, channel: aio.Channel, identity: Identity, *, on_stop: Callable[[str], None]) -> None:
-        self._stub = pb_grpc.RuntimeInterfaceStub(channel)
+        self._stub = pb_grpc.RuntimeInterfaceStub(channel)  # type: ignore[no-untyped-call]
         self._identity = identity
         self._on_stop = on_stop
         self._call: aio.StreamStreamCall | None = None
         self._connected = asyncio.Event()
-        self._inbox: asyncio.Queue[pb.Invocation] = asyncio.Queue()
+        self._inbox: asyncio.Queue[pb.Invocation | None] = asyncio.Queue()  # None: closed
         self._next_outstanding = False
         self._closed = False
         self.failure: BaseException | None = None
@@ -69,6 +73,7 @@ class Session:
                     attempt = 0
                     self._dispatch(message)
                     if message.HasField("stop"):
+                        await call.done_writing()  # half-close: the gateway sees the stream end cleanly
                         return
             except aio.AioRpcError as exc:
                 if exc.code() in FATAL_CODES:
@@ -101,7 +106,11 @@ class Session:
         if self._inbox.empty() and not self._next_outstanding:
             self._next_outstanding = True
             await self._send(pb.AgentMessage(next=pb.Next()))
-        return await self._inbox.get()
+        invocation = await self._inbox.get()
+        if invocation is None:
+            self._inbox.put_nowait(None)  # every later caller learns it too
+            raise SessionClosed()
+        return invocation
 
     async def send_result(self, message: pb.AgentMessage) -> None:
         await self._send(message)
@@ -118,6 +127,7 @@ class Session:
 
     async def close(self) -> None:
         self._closed = True
+        self._inbox.put_nowait(None)
         call = self._call
         if call is not None:
             try:

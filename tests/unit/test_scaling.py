@@ -1,0 +1,57 @@
+"""The scaling decision, with time passed in as a value (no sleeps)."""
+
+from __future__ import annotations
+
+from kambda.gateway.scaling import Decision, Policy, State, decide
+
+NOW = 1000.0
+
+
+def test_scale_from_zero_starts_one_per_waiting_invocation() -> None:
+    assert decide(State(active=3, connected=0, starting=0), Policy(), NOW) == Decision(desired=3, start=3)
+
+
+def test_starting_instances_count_as_capacity() -> None:
+    assert decide(State(active=3, connected=1, starting=2), Policy(), NOW).start == 0
+
+
+def test_cap_limits_instances() -> None:
+    assert decide(State(active=40, connected=0, starting=0), Policy(cap=4), NOW) == Decision(desired=4, start=4)
+    assert decide(State(active=40, connected=4, starting=0), Policy(cap=4), NOW).start == 0
+
+
+def test_burst_limits_one_step() -> None:
+    assert decide(State(active=100, connected=0, starting=0), Policy(burst=10), NOW).start == 10
+
+
+def test_per_instance_concurrency() -> None:
+    assert decide(State(active=5, connected=0, starting=0), Policy(per_instance=2), NOW).desired == 3
+
+
+def test_provisioned_instances_are_kept_without_load() -> None:
+    decision = decide(State(active=0, connected=0, starting=0), Policy(provisioned=2), NOW)
+    assert decision == Decision(desired=2, start=2)
+    idle = (("a", NOW - 999), ("b", NOW - 999))
+    assert decide(State(0, 2, 0, idle), Policy(provisioned=2, idle_seconds=1), NOW).stop == ()
+
+
+def test_idle_instances_stop_only_after_the_window() -> None:
+    idle = (("old", NOW - 301), ("fresh", NOW - 10))
+    decision = decide(State(active=0, connected=2, starting=0, idle_since=idle), Policy(idle_seconds=300), NOW)
+    assert decision.stop == ("old",)
+
+
+def test_scale_to_zero() -> None:
+    idle = (("a", NOW - 5), ("b", NOW - 6))
+    decision = decide(State(active=0, connected=2, starting=0, idle_since=idle), Policy(idle_seconds=5), NOW)
+    assert set(decision.stop) == {"a", "b"} and decision.desired == 0
+
+
+def test_expired_idle_instances_are_kept_while_demand_needs_them() -> None:
+    idle = (("a", NOW - 100), ("b", NOW - 200))
+    decision = decide(State(active=2, connected=3, starting=0, idle_since=idle), Policy(idle_seconds=5), NOW)
+    assert decision.stop == ("b",)  # keep 2 for the 2 active; the oldest idle goes first
+
+
+def test_zero_cap_never_starts() -> None:
+    assert decide(State(active=5, connected=0, starting=0), Policy(cap=0), NOW).start == 0

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kambda.specs import SpecError, parse_function
+
+
+def manifest(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"runtime": "python3.11", "handler": "app.handler", "code": {"files": {"app.py": "x"}}}
+    base.update(spec)
+    return {"apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "metadata": {"name": "hello"}, "spec": base}
+
+
+def errors_of(doc: dict[str, Any]) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_function(doc)
+    return info.value.errors
+
+
+def test_defaults_are_lambdas() -> None:
+    spec = parse_function(manifest())
+    assert (spec.memory_mb, spec.timeout_seconds, spec.namespace) == (128, 3, "default")
+    assert spec.concurrency.reserved is None and spec.concurrency.provisioned == 0
+    assert spec.scaling.idle_seconds == 300
+    assert spec.async_config.max_retry_attempts == 2 and spec.async_config.max_event_age_seconds == 21600
+
+
+def test_full_manifest() -> None:
+    spec = parse_function(
+        manifest(
+            memoryMB=512,
+            timeoutSeconds=30,
+            environment={"A": "1", "B": 2},
+            concurrency={"reserved": 10, "provisioned": 2},
+            scaling={"idleSeconds": 5},
+            **{"async": {"maxRetryAttempts": 0, "onFailure": "dlq-fn"}},
+        )
+    )
+    assert spec.memory_mb == 512 and spec.timeout_seconds == 30
+    assert spec.environment == {"A": "1", "B": "2"}
+    assert spec.concurrency.reserved == 10 and spec.concurrency.provisioned == 2
+    assert spec.scaling.idle_seconds == 5
+    assert spec.async_config.max_retry_attempts == 0 and spec.async_config.on_failure == "dlq-fn"
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"memoryMB": 64}, "spec.memoryMB: must be between 128 and 10240"),
+        ({"memoryMB": 20000}, "spec.memoryMB: must be between 128 and 10240"),
+        ({"memoryMB": "big"}, "spec.memoryMB: must be an integer"),
+        ({"memoryMB": True}, "spec.memoryMB: must be an integer"),
+        ({"timeoutSeconds": 0}, "spec.timeoutSeconds: must be between 1 and 900"),
+        ({"timeoutSeconds": 901}, "spec.timeoutSeconds: must be between 1 and 900"),
+        ({"runtime": "java8"}, "spec.runtime: must be one of"),
+        ({"handler": None}, "spec.handler: is required"),
+        ({"handler": "nodot"}, "spec.handler: must be module.function"),
+        ({"code": {}}, "spec.code: must set exactly one of files or path"),
+        ({"code": {"files": {"../evil.py": "x"}}}, "spec.code.files.../evil.py: must be a relative path"),
+        ({"code": {"files": {"a.py": "x"}, "path": "."}}, "spec.code: must set exactly one of files or path"),
+        ({"environment": {"AWS_REGION": "x"}}, "spec.environment.AWS_REGION: is reserved"),
+        ({"environment": {"1BAD": "x"}}, "spec.environment.1BAD: name must start with a letter"),
+        ({"concurrency": {"reserved": -1}}, "spec.concurrency.reserved: must be at least 0"),
+        ({"concurrency": {"reserved": 1, "provisioned": 2}}, "spec.concurrency.provisioned: must not exceed"),
+        ({"scaling": {"idleSeconds": -1}}, "spec.scaling.idleSeconds: must be at least 0"),
+        ({"async": {"maxRetryAttempts": 3}}, "spec.async.maxRetryAttempts: must be between 0 and 2"),
+        ({"async": {"maxEventAgeSeconds": 30}}, "spec.async.maxEventAgeSeconds: must be between 60 and 21600"),
+        ({"async": {"onFailure": "not a name"}}, "spec.async.onFailure: must be a function name"),
+    ],
+)
+def test_invalid_fields_name_path_and_rule(spec: dict[str, Any], expected: str) -> None:
+    errors = errors_of(manifest(**spec))
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    errors = errors_of(manifest(memoryMB=1, timeoutSeconds=1000, runtime="cobol"))
+    assert len(errors) == 3
+
+
+def test_name_and_kind() -> None:
+    doc = manifest()
+    doc["metadata"]["name"] = "Bad_Name"
+    assert any(e.startswith("metadata.name:") for e in errors_of(doc))
+    doc = manifest()
+    doc["kind"] = "Alias"
+    assert "kind: must be Function" in errors_of(doc)
+
+
+def test_provided_runtime_needs_no_dotted_handler() -> None:
+    spec = parse_function(manifest(runtime="provided", handler="whatever", code={"files": {"bootstrap": "#!/bin/sh"}}))
+    assert not spec.is_python
