@@ -49,6 +49,7 @@ def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, 
     dispatcher = Dispatcher(
         on_demand=lambda pool: scaler_box[0].poke(pool) if scaler_box else None,
         on_outcome=lambda pool, outcome: None,
+        queue_timeout=settings.queue_timeout,
     )
     metrics.watch(dispatcher)
     scaler = Scaler(dispatcher, backend, metrics, gateway_cap=settings.max_concurrency, tick=settings.scaler_tick)

@@ -45,6 +45,7 @@ class Invocation:
     tail_logs: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    timer: asyncio.TimerHandle | None = None  # queued: the wait for an instance; running: the deadline + grace
 
     def message(self, timeout_seconds: float) -> pb.GatewayMessage:
         return pb.GatewayMessage(
@@ -90,11 +91,25 @@ class Pool:
         return self.busy + len(self.pending)
 
 
+class NoInstance(Exception):
+    """No instance took the invocation within the queue timeout (the backend cannot start one)."""
+
+
+GRACE_SECONDS = 10.0  # beyond the function timeout, before a silent instance's invocation is failed
+
+
 class Dispatcher:
-    def __init__(self, *, on_demand: Callable[[Pool], None], on_outcome: Callable[[Pool, Outcome], None]) -> None:
+    def __init__(
+        self,
+        *,
+        on_demand: Callable[[Pool], None],
+        on_outcome: Callable[[Pool, Outcome], None],
+        queue_timeout: float = 120.0,
+    ) -> None:
         self.pools: dict[tuple[str, str], Pool] = {}
         self._on_demand = on_demand  # the scaler's wake-up: work is waiting and no instance is idle
         self._on_outcome = on_outcome
+        self._queue_timeout = queue_timeout
 
     def pool(self, version: FunctionVersion) -> Pool:
         pool = self.pools.get(version.key)
@@ -114,15 +129,24 @@ class Dispatcher:
             if await self._assign(instance, invocation):
                 return
         pool.pending.append(invocation)
+        invocation.timer = asyncio.get_running_loop().call_later(self._queue_timeout, self._expire, pool, invocation)
         self._on_demand(pool)
 
-    def withdraw(self, pool: Pool, invocation: Invocation) -> bool:
-        """Take back an invocation no instance has started (its caller gave up); False if already running."""
+    def _expire(self, pool: Pool, invocation: Invocation) -> None:
         try:
             pool.pending.remove(invocation)
         except ValueError:
-            return False
-        return True
+            return
+        if not invocation.future.done():
+            invocation.future.set_exception(NoInstance())
+
+    def _overdue(self, instance: Instance, invocation: Invocation) -> None:
+        """The agent enforces the deadline; if it has not answered well past it, it is lost: fail and retire it."""
+        if instance.busy is not invocation:
+            return
+        message = b'{"errorType":"Sandbox.Timedout","errorMessage":"the instance stopped answering"}'
+        self.finish(instance, Outcome(message, "Sandbox.Timedout"))
+        asyncio.get_running_loop().create_task(self.retire(instance, "unresponsive", busy_ok=True))
 
     # ---- the instance's side ---------------------------------------------------------------------------------
 
@@ -159,6 +183,8 @@ class Dispatcher:
         instance.busy = None
         instance.pool.busy -= 1
         instance.idle_since = time.monotonic()
+        if invocation.timer is not None:
+            invocation.timer.cancel()
         outcome.instance_id = instance.id
         self._on_outcome(instance.pool, outcome)
         if not invocation.future.done():
@@ -183,12 +209,13 @@ class Dispatcher:
         if pool.pending:
             self._on_demand(pool)
 
-    async def retire(self, instance: Instance, reason: str) -> bool:
+    async def retire(self, instance: Instance, reason: str, *, busy_ok: bool = False) -> bool:
         """Stop an idle instance (scale down). False if it picked up work meanwhile."""
         pool = instance.pool
-        if instance not in pool.idle:
+        if instance in pool.idle:
+            pool.idle.remove(instance)
+        elif not busy_ok:
             return False
-        pool.idle.remove(instance)
         instance.retired = True
         try:
             await instance.send(pb.GatewayMessage(stop=pb.Stop(reason=reason)))
@@ -200,12 +227,18 @@ class Dispatcher:
         pool = instance.pool
         instance.busy = invocation
         pool.busy += 1
+        if invocation.timer is not None:
+            invocation.timer.cancel()
+        deadline = pool.version.spec.timeout_seconds + GRACE_SECONDS
+        invocation.timer = asyncio.get_running_loop().call_later(deadline, self._overdue, instance, invocation)
         try:
             await instance.send(invocation.message(pool.version.spec.timeout_seconds))
         except Exception as exc:
             log.info("instance %s unreachable (%s); re-queueing %s", instance.id, exc, invocation.request_id)
             instance.busy = None
             pool.busy -= 1
+            invocation.timer.cancel()
+            invocation.timer = None
             pool.pending.appendleft(invocation)
             self.disconnect(instance)
             return False

@@ -22,7 +22,7 @@ from kambda import naming
 
 from . import errors
 from .admission import Admission
-from .dispatching import Dispatcher, Invocation, Outcome
+from .dispatching import Dispatcher, Invocation, NoInstance, Outcome
 from .metrics import Metrics
 from .registry import FunctionVersion, NotFound, Registry
 from .settings import GatewaySettings
@@ -31,7 +31,6 @@ INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 LOG_TYPES = ("None", "Tail")
 MAX_CLIENT_CONTEXT = 3583
 MAX_HEADERS_BYTES = 16 * 1024
-GRACE_SECONDS = 10.0  # beyond the function timeout, before the gateway stops waiting for a silent instance
 
 
 class BadRequest(Exception):
@@ -175,21 +174,10 @@ class InvokeAPI:
             tail_logs=req.tail_logs,
         )
         await self._dispatcher.submit(version, invocation)
-        future = invocation.future
-        if not future.done():
-            await asyncio.wait((future,), timeout=self._settings.queue_timeout)
-            if not future.done() and self._dispatcher.withdraw(self._dispatcher.pool(version), invocation):
-                future.cancel()
-                return None
         try:
-            outcome = await asyncio.wait_for(future, version.spec.timeout_seconds + GRACE_SECONDS)
-        except TimeoutError:
-            outcome = Outcome(
-                json.dumps(
-                    {"errorType": "Sandbox.Timedout", "errorMessage": "the instance stopped answering"}
-                ).encode(),
-                "Sandbox.Timedout",
-            )
+            outcome = await invocation.future
+        except NoInstance:
+            return None
         self._record(version, outcome)
         return outcome
 

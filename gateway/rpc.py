@@ -56,9 +56,13 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
                 elif kind == "response":
                     r = message.response
                     self._dispatcher.finish(instance, Outcome(r.payload, None, r.report, r.log_tail))
+                    if r.and_next:
+                        await self._dispatcher.ready(instance)
                 elif kind == "error":
                     e = message.error
                     self._dispatcher.finish(instance, Outcome(e.payload, e.error_type, e.report, e.log_tail))
+                    if e.and_next:
+                        await self._dispatcher.ready(instance)
                 elif kind == "init_error":
                     log.warning("%s init failed: %s", function, message.init_error.error_type)
         finally:

@@ -40,7 +40,7 @@ class MemoryLimit:
         if self.cgroup is not None:
             name = "memory.peak" if self.cgroup_v2 else "memory.max_usage_in_bytes"
             with contextlib.suppress(OSError, ValueError):
-                peak = int((self.cgroup / name).read_text().strip())
+                peak = int(_read(str(self.cgroup / name)))
         if pid is not None:
             # Pages the runtime maps from the page cache are charged to whoever read them first, so a cgroup's
             # peak can be below the process's own resident high-water mark; report the larger, as Lambda would.
@@ -95,14 +95,22 @@ def _cgroup_parents() -> list[tuple[Path, bool]]:
     return parents
 
 
+def _read(path: str) -> bytes:
+    # Read on every invocation's END: plain os calls, no text decoding layers.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 8192)
+    finally:
+        os.close(fd)
+
+
 def _vm_hwm_bytes(pid: int) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        status = _read(f"/proc/{pid}/status")
+        start = status.index(b"VmHWM:") + 6
+        return int(status[start : status.index(b"kB", start)]) * 1024
+    except (OSError, ValueError):
+        return 0
 
 
 def kill_group(pid: int) -> None:

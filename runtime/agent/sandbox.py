@@ -227,13 +227,15 @@ class Sandbox(runtime_api.RuntimeHost):
     async def post_response(self, request_id: str, body: bytes) -> None:
         self._check_current(request_id)
         report, tail = self._end()
-        await self._session.send_result(
-            pb.AgentMessage(response=pb.Response(request_id=request_id, payload=body, report=report, log_tail=tail))
+        message = pb.AgentMessage(
+            response=pb.Response(request_id=request_id, payload=body, report=report, log_tail=tail)
         )
+        # The runtime's next call is /next: ask for that invocation now (it may be waiting when the runtime asks).
+        await self._session.send_result(message, and_next=True)
 
     async def post_error(self, request_id: str, body: bytes, error_type_header: str | None) -> None:
         self._check_current(request_id)
-        await self._finish_error(reports.error_type_of(body, error_type_header), body)
+        await self._finish_error(reports.error_type_of(body, error_type_header), body, and_next=True)
 
     async def post_init_error(self, body: bytes, error_type_header: str | None) -> None:
         if self._init_duration_ms is not None and self._current is None:
@@ -273,8 +275,7 @@ class Sandbox(runtime_api.RuntimeHost):
         request_id = current.invocation.request_id
         tail = b""
         if self._capture is not None:
-            self._capture.note(reports.end_line(request_id))
-            self._capture.note(reports.report_line(request_id, measured))
+            self._capture.note(reports.end_line(request_id) + reports.report_line(request_id, measured))
             log_text = self._capture.take()
             tail = reports.tail(log_text) if current.invocation.tail_logs else b""
         report = pb.Report(
@@ -285,7 +286,7 @@ class Sandbox(runtime_api.RuntimeHost):
         )
         return report, tail
 
-    async def _finish_error(self, error_type: str, payload: bytes) -> None:
+    async def _finish_error(self, error_type: str, payload: bytes, *, and_next: bool = False) -> None:
         if self._current is None:
             return
         request_id = self._current.invocation.request_id

@@ -112,7 +112,15 @@ class Session:
             raise SessionClosed()
         return invocation
 
-    async def send_result(self, message: pb.AgentMessage) -> None:
+    async def send_result(self, message: pb.AgentMessage, *, and_next: bool = False) -> None:
+        """Send a Response, Error or InitError; with `and_next`, ask for the next invocation in the same message."""
+        if and_next and not self._next_outstanding and self._inbox.empty():
+            kind = message.WhichOneof("kind")
+            if kind == "response":
+                message.response.and_next = True
+            elif kind == "error":
+                message.error.and_next = True
+            self._next_outstanding = message.WhichOneof("kind") in ("response", "error")
         await self._send(message)
 
     async def _send(self, message: pb.AgentMessage) -> None:

@@ -42,30 +42,34 @@ class Report(_message.Message):
     def __init__(self, duration_ms: _Optional[float] = ..., init_duration_ms: _Optional[float] = ..., max_memory_used_mb: _Optional[int] = ..., memory_size_mb: _Optional[int] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "payload", "report", "log_tail")
+    __slots__ = ("request_id", "payload", "report", "log_tail", "and_next")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
+    AND_NEXT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     payload: bytes
     report: Report
     log_tail: bytes
-    def __init__(self, request_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_tail: _Optional[bytes] = ...) -> None: ...
+    and_next: bool
+    def __init__(self, request_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_tail: _Optional[bytes] = ..., and_next: _Optional[bool] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("request_id", "error_type", "payload", "report", "log_tail")
+    __slots__ = ("request_id", "error_type", "payload", "report", "log_tail", "and_next")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
+    AND_NEXT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     error_type: str
     payload: bytes
     report: Report
     log_tail: bytes
-    def __init__(self, request_id: _Optional[str] = ..., error_type: _Optional[str] = ..., payload: _Optional[bytes] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_tail: _Optional[bytes] = ...) -> None: ...
+    and_next: bool
+    def __init__(self, request_id: _Optional[str] = ..., error_type: _Optional[str] = ..., payload: _Optional[bytes] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_tail: _Optional[bytes] = ..., and_next: _Optional[bool] = ...) -> None: ...
 
 class InitError(_message.Message):
     __slots__ = ("error_type", "payload")
