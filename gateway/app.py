@@ -13,10 +13,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import errors, rpc
 from .admission import Admission
+from .async_api import AsyncAPI
 from .backends import Backend
+from .delivering import Deliverer
 from .dispatching import Dispatcher
 from .invoke_api import InvokeAPI
+from .invoke_configs import InvokeConfigs
+from .invoking import Invoker
 from .metrics import Metrics
+from .queueing import EventQueue
+from .queues.sqlite import SQLiteQueue
 from .registry import Registry
 from .scaler import Scaler
 from .settings import GatewaySettings
@@ -42,6 +48,18 @@ ENDPOINTS = web.AppKey("endpoints", Endpoints)
 READY = web.AppKey("ready", asyncio.Event)
 
 
+def open_queue(settings: GatewaySettings) -> EventQueue:
+    if settings.queue_backend == "sqlite":
+        return SQLiteQueue(settings.data_dir / "queue.db", synchronous=settings.sqlite_synchronous)
+    if settings.queue_backend == "nats":
+        from .queues.jetstream import JetStreamQueue
+
+        return JetStreamQueue(
+            settings.nats_url, lease_seconds=settings.lease_seconds, status_retention=settings.status_retention
+        )
+    raise ValueError(f"unknown queue backend {settings.queue_backend!r} (sqlite or nats)")
+
+
 def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, signing_key: bytes) -> web.Application:
     app = web.Application(client_max_size=settings.max_sync_payload + 1, middlewares=[_aws_errors])
     metrics = Metrics()
@@ -62,8 +80,17 @@ def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, 
     endpoints = app[ENDPOINTS] = Endpoints()
     app[READY] = asyncio.Event()
 
-    api = InvokeAPI(settings, registry, dispatcher, Admission(settings.max_concurrency), metrics)
+    admission = Admission(settings.max_concurrency)
+    invoker = Invoker(dispatcher, metrics)
+    queue = open_queue(settings)
+    configs = InvokeConfigs(settings.data_dir / "event-invoke-configs.json")
+    deliverer = Deliverer(
+        queue=queue, registry=registry, invoker=invoker, admission=admission, metrics=metrics, configs=configs,
+        settings=settings,
+    )  # fmt: skip
+    api = InvokeAPI(settings, registry, invoker, admission, metrics, queue, deliverer.poke)
     app.router.add_post("/2015-03-31/functions/{name}/invocations", api.invoke)
+    AsyncAPI(settings, registry, queue, configs, deliverer.poke).add_routes(app.router)
     app.router.add_route("*", "/2015-03-31/functions/{name}/invocations", _method_not_allowed)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -91,7 +118,20 @@ def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, 
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([run_grpc, run_backend, run_scaler])
+    async def run_queue(app: web.Application) -> AsyncIterator[None]:
+        await queue.open()
+        yield
+        await queue.close()
+
+    async def run_deliverer(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(deliverer.run(), name="deliverer")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # Order matters: instances can connect before anything is dispatched, and the queue outlives its deliverer.
+    app.cleanup_ctx.extend([run_grpc, run_backend, run_queue, run_scaler, run_deliverer])
     return app
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -22,8 +23,10 @@ from kambda import naming
 
 from . import errors
 from .admission import Admission
-from .dispatching import Dispatcher, Invocation, NoInstance, Outcome
+from .dispatching import Invocation, NoInstance, Outcome
+from .invoking import Invoker
 from .metrics import Metrics
+from .queueing import Event, EventQueue
 from .registry import FunctionVersion, NotFound, Registry
 from .settings import GatewaySettings
 
@@ -47,6 +50,7 @@ class InvokeRequest:
     trace_id: str
     payload: bytes
     arn: str
+    qualifier: str | None
 
 
 def new_trace_id() -> str:
@@ -58,15 +62,19 @@ class InvokeAPI:
         self,
         settings: GatewaySettings,
         registry: Registry,
-        dispatcher: Dispatcher,
+        invoker: Invoker,
         admission: Admission,
         metrics: Metrics,
+        queue: EventQueue,
+        on_enqueued: Callable[[], None],
     ) -> None:
         self._settings = settings
         self._registry = registry
-        self._dispatcher = dispatcher
+        self._invoker = invoker
         self._admission = admission
         self._metrics = metrics
+        self._queue = queue
+        self._on_enqueued = on_enqueued  # wakes the deliverer
 
     def arn(self, name: str, qualifier: str | None = None) -> str:
         return naming.function_arn(self._settings.region, self._settings.account_id, name, qualifier)
@@ -80,8 +88,31 @@ class InvokeAPI:
         if parsed.invocation_type == "DryRun":
             return web.Response(status=204, headers={"x-amzn-RequestId": request_id})
         if parsed.invocation_type == "Event":
-            return errors.invalid_parameter("Event invocations are not supported by this gateway yet")
+            return await self.enqueue(parsed, request_id)
         return await self.run_sync(parsed, request_id)
+
+    async def enqueue(self, req: InvokeRequest, request_id: str) -> web.StreamResponse:
+        """Asynchronous invocation: 202 only once the event is durably queued."""
+        limit = self._settings.max_async_payload
+        if len(req.payload) > limit:
+            return errors.too_large(
+                f"{len(req.payload)} byte payload is too large for the Event invocation type (limit {limit} bytes)"
+            )
+        event = Event(
+            request_id=request_id,
+            function=req.version.spec.name,
+            qualifier=req.qualifier,
+            payload=req.payload,
+            enqueued_at=time.time(),
+            trace_id=req.trace_id,
+        )
+        try:
+            await self._queue.enqueue(event)
+        except Exception as exc:  # nothing was stored: say so, never a 202
+            return errors.service_error(f"Could not queue the event: {type(exc).__name__}: {exc}")
+        self._metrics.events_enqueued.labels(req.version.spec.name).inc()
+        self._on_enqueued()
+        return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
 
     async def _parse(self, request: web.Request) -> InvokeRequest:
         if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADERS_BYTES:
@@ -103,7 +134,7 @@ class InvokeAPI:
             version = self._registry.resolve(ref)
         except NotFound:
             raise BadRequest(errors.not_found(self.arn(ref.name, ref.qualifier))) from None
-        payload = await self._read_payload(request)
+        payload = await self._read_payload(request, invocation_type)
         return InvokeRequest(
             version=version,
             invocation_type=invocation_type,
@@ -112,11 +143,18 @@ class InvokeAPI:
             trace_id=request.headers.get("X-Amzn-Trace-Id") or new_trace_id(),
             payload=payload,
             arn=self.arn(ref.name, ref.qualifier),
+            qualifier=ref.qualifier,
         )
 
-    async def _read_payload(self, request: web.Request) -> bytes:
-        limit = self._settings.max_sync_payload
-        too_large = errors.too_large(f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
+    async def _read_payload(self, request: web.Request, invocation_type: str) -> bytes:
+        if invocation_type == "Event":
+            limit = self._settings.max_async_payload
+            size = request.content_length or limit + 1
+            message = f"{size} byte payload is too large for the Event invocation type (limit {limit} bytes)"
+        else:
+            limit = self._settings.max_sync_payload
+            message = f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
+        too_large = errors.too_large(message)
         if request.content_length is not None and request.content_length > limit:
             raise BadRequest(too_large)
         try:
@@ -164,7 +202,6 @@ class InvokeAPI:
 
     async def execute(self, req: InvokeRequest, request_id: str) -> Outcome | None:
         """Dispatch one invocation and wait for its outcome; None if no instance took it in time."""
-        version = req.version
         invocation = Invocation(
             request_id=request_id,
             payload=req.payload,
@@ -173,24 +210,10 @@ class InvokeAPI:
             client_context=req.client_context,
             tail_logs=req.tail_logs,
         )
-        await self._dispatcher.submit(version, invocation)
         try:
-            outcome = await invocation.future
+            return await self._invoker.run(req.version, invocation)
         except NoInstance:
             return None
-        self._record(version, outcome)
-        return outcome
-
-    def _record(self, version: FunctionVersion, outcome: Outcome) -> None:
-        labels = (version.spec.name, version.version)
-        m = self._metrics
-        m.invocations.labels(*labels, "error" if outcome.error_type else "success").inc()
-        report = outcome.report
-        if report is not None:
-            m.duration.labels(*labels).observe(report.duration_ms / 1000)
-            if report.init_duration_ms > 0:
-                m.cold_starts.labels(*labels).inc()
-                m.init_duration.labels(*labels).observe(report.init_duration_ms / 1000)
 
 
 def _client_context(header: str | None) -> str:

@@ -3,6 +3,7 @@ instances are read from the dispatcher at scrape time, so they can never drift f
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -10,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .dispatching import Dispatcher
+from .queueing import QueueStats
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
@@ -57,8 +59,52 @@ class Metrics:
             registry=r,
         )
 
+        self.events_enqueued = Counter(
+            "kambda_async_events_enqueued", "Asynchronous events durably queued.", ["function"], registry=r
+        )
+        self.async_retries = Counter(
+            "kambda_async_retries",
+            "Asynchronous events re-queued, by cause (function-error, throttled, platform-error).",
+            ["function", "cause"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "kambda_async_dead_lettered", "Events that failed for good, by condition.", ["function", "condition"],
+            registry=r,
+        )  # fmt: skip
+        self.destination_deliveries = Counter(
+            "kambda_destination_deliveries",
+            "Destination records queued for a destination function, by kind (success, failure).",
+            ["function", "destination", "kind"],
+            registry=r,
+        )
+        self.queue_stats = QueueStats()  # refreshed by the deliverer; read at scrape time
+
     def watch(self, dispatcher: Dispatcher) -> None:
         self.registry.register(_DispatcherCollector(dispatcher))
+        self.registry.register(_QueueCollector(self))
+
+
+class _QueueCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self._metrics.queue_stats
+        depth = GaugeMetricFamily(
+            "kambda_async_queue_depth", "Asynchronous events not yet finished.", labels=["function"]
+        )
+        oldest = GaugeMetricFamily(
+            "kambda_async_oldest_event_age_seconds", "Age of the oldest unfinished event.", labels=["function"]
+        )
+        now = time.time()
+        for function, entry in stats.functions.items():
+            depth.add_metric([function], entry.depth)
+            if entry.oldest_enqueued_at is not None:
+                oldest.add_metric([function], max(0.0, now - entry.oldest_enqueued_at))
+        yield depth
+        yield oldest
+        yield GaugeMetricFamily("kambda_dead_letters", "Events in the dead-letter queue.", value=stats.dead_letters)
 
 
 class _DispatcherCollector(Collector):

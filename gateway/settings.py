@@ -25,5 +25,15 @@ class GatewaySettings:
     max_concurrency: int = 1000  # gateway-wide, like an account's concurrency limit
     queue_timeout: float = 120.0  # a sync request waits this long for an instance before a 502
     max_sync_payload: int = 6 * 1024 * 1024
+    max_async_payload: int = 1024 * 1024  # Lambda's current Event limit (it was 256 KiB until 2025)
+    # Asynchronous invocations
+    queue_backend: str = "sqlite"  # or "nats"
+    nats_url: str = "nats://127.0.0.1:4222"
+    sqlite_synchronous: str = "NORMAL"  # FULL: survive power loss too, one fsync per commit
+    retry_base_delay: float = 60.0  # Lambda: 1 min before the 1st retry, 2 min before the 2nd
+    throttle_base_delay: float = 1.0  # doubling up to 5 min for throttles and platform errors
+    lease_seconds: float = 30.0  # JetStream: an event a dead gateway held is redelivered after this
+    max_async_inflight: int = 64  # events being delivered at once by this gateway
+    status_retention: float = 24 * 3600.0  # how long finished invocations' statuses and results are kept
     scaler_tick: float = 1.0
     use_cgroups: bool = True

@@ -25,6 +25,12 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir,
         max_concurrency=args.max_concurrency,
         use_cgroups=not args.no_cgroups,
+        queue_backend=args.queue,
+        nats_url=args.nats_url,
+        retry_base_delay=args.retry_base_delay,
+        throttle_base_delay=args.throttle_base_delay,
+        lease_seconds=args.lease_seconds,
+        max_async_payload=args.max_async_payload,
     )
     return run_local(Path(args.directory), settings)
 
@@ -76,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="code cache and queues (default ~/.local/share/kambda)")
     run.add_argument("--max-concurrency", type=int, default=1000, help="gateway-wide concurrency limit")
     run.add_argument("--no-cgroups", action="store_true", help="do not put runtimes into memory cgroups")
+    run.add_argument("--queue", choices=("sqlite", "nats"), default="sqlite", help="async event queue backend")
+    run.add_argument("--nats-url", default="nats://127.0.0.1:4222", help="NATS server (with --queue nats)")
+    run.add_argument("--retry-base-delay", type=float, default=60.0, help="seconds before the 1st async retry")
+    run.add_argument("--throttle-base-delay", type=float, default=1.0, help="first backoff after a throttle")
+    run.add_argument("--lease-seconds", type=float, default=30.0, help="NATS: redelivery delay of unacked events")
+    run.add_argument("--max-async-payload", type=int, default=1024 * 1024, help="Event payload limit in bytes")
     run.set_defaults(func=_run)
 
     invoke = sub.add_parser("invoke", help="invoke a function and print its result")

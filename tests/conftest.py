@@ -133,3 +133,32 @@ def wait_until(predicate, timeout: float = 30, interval: float = 0.1) -> bool:  
 
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+class NatsServer:
+    """A real `nats-server` with JetStream, on a free loopback port, storing into a temporary directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "nats.conf"
+        # Events carry up to 1 MiB of payload and destination records a function's response: allow 8 MiB messages.
+        config.write_text(
+            f'listen: "127.0.0.1:{self.port}"\nmax_payload: 8MB\njetstream {{ store_dir: "{directory / "store"}" }}\n'
+        )
+        self._log = open(directory / "nats.log", "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(["nats-server", "-c", str(config)], stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self._log.close()

@@ -1,0 +1,1 @@
+"""Implementations of `queueing.EventQueue`: `sqlite` (embedded default) and `jetstream` (NATS, replicated gateways)."""
