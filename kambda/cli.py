@@ -64,6 +64,62 @@ def _invoke(args: argparse.Namespace) -> int:
         return 2
 
 
+def _call(endpoint: str, method: str, path: str) -> tuple[int, object]:
+    request = urllib.request.Request(endpoint.rstrip("/") + path, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw)
+        except ValueError:
+            return err.code, raw.decode(errors="replace")
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from urllib.parse import quote, urlencode
+
+    if args.action == "ls":
+        query = {"MaxItems": str(args.limit)}
+        if args.function:
+            query["FunctionName"] = args.function
+        code, body = _call(args.endpoint, "GET", "/v1/dead-letters?" + urlencode(query))
+        if code == 200 and isinstance(body, dict):
+            for dead in body["DeadLetters"]:
+                print(f"{dead['RequestId']}\t{dead['FunctionName']}\t{dead['Condition']}\t"
+                      f"attempts={dead['Attempts']}\t{dead.get('ErrorType') or ''}")  # fmt: skip
+            if body.get("NextMarker"):
+                print(f"(more: --limit or the API's Marker={body['NextMarker']})", file=sys.stderr)
+            return 0
+    elif args.action == "redrive" and args.all:
+        filters = urlencode({"FunctionName": args.function}) if args.function else ""
+        code, body = _call(args.endpoint, "POST", "/v1/dead-letters/redrive?" + filters)
+    elif not args.request_id:
+        print(f"kambda dlq {args.action}: a request id is needed", file=sys.stderr)
+        return 2
+    else:
+        path = f"/v1/dead-letters/{quote(args.request_id)}"
+        method, suffix = {"show": ("GET", ""), "rm": ("DELETE", ""), "redrive": ("POST", "/redrive")}[args.action]
+        code, body = _call(args.endpoint, method, path + suffix)
+    if code >= 400:
+        print(f"error {code}: {body}", file=sys.stderr)
+        return 2
+    if body is not None:
+        print(json.dumps(body, indent=2))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    code, body = _call(args.endpoint, "GET", f"/v1/invocations/{args.request_id}")
+    if code >= 400:
+        print(f"error {code}: {body}", file=sys.stderr)
+        return 2
+    print(json.dumps(body, indent=2))
+    return 0
+
+
 def _agent(args: argparse.Namespace) -> int:
     from kambda.runtime.agent.main import main as agent_main
 
@@ -98,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--endpoint", default="http://127.0.0.1:8080")
     invoke.add_argument("--timeout", type=float, default=905)
     invoke.set_defaults(func=_invoke)
+
+    dlq = sub.add_parser("dlq", help="inspect and redrive the dead-letter queue of asynchronous invocations")
+    dlq.add_argument("action", choices=("ls", "show", "rm", "redrive"))
+    dlq.add_argument("request_id", nargs="?")
+    dlq.add_argument("--function", help="only this function's dead letters (ls, redrive --all)")
+    dlq.add_argument("--all", action="store_true", help="redrive every dead letter (of --function)")
+    dlq.add_argument("--limit", type=int, default=100)
+    dlq.add_argument("--endpoint", default="http://127.0.0.1:8080")
+    dlq.set_defaults(func=_dlq)
+
+    status = sub.add_parser("status", help="the state of an asynchronous invocation")
+    status.add_argument("request_id")
+    status.add_argument("--endpoint", default="http://127.0.0.1:8080")
+    status.set_defaults(func=_status)
 
     agent = sub.add_parser("agent", help="run a sandbox agent (used inside function pods)", add_help=False)
     agent.add_argument("rest", nargs=argparse.REMAINDER)

@@ -119,8 +119,9 @@ class JetStreamQueue:
 
     async def _publish(self, event: Event) -> None:
         # Identical publishes of one state are deduplicated by the server; any change of state is a new message.
-        msg_id = f"{event.request_id}:{event.enqueued_at}:{event.attempts}:{event.retries}:{event.throttles}:{event.not_before}"
-        await self.js.publish(f"{SUBJECT}.{event.function}", encode(event), headers={"Nats-Msg-Id": msg_id})
+        e = event
+        msg_id = f"{e.request_id}:{e.enqueued_at}:{e.attempts}:{e.retries}:{e.throttles}:{e.not_before}"
+        await self.js.publish(f"{SUBJECT}.{e.function}", encode(e), headers={"Nats-Msg-Id": msg_id})
 
     async def _put_status(self, status: Status) -> None:
         assert self._statuses is not None

@@ -408,3 +408,30 @@ def test_event_that_keeps_being_throttled_expires(env: AsyncEnv) -> None:
         assert env.gateway.metric("kambda_async_retries_total", function="hog", cause="throttled") >= 3
     finally:
         holder.join()
+
+
+def test_cli_dead_letters_and_status(env: AsyncEnv) -> None:
+    import subprocess
+    import sys
+
+    def kambda(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kambda", *args, "--endpoint", env.gateway.url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    flag = env.work / "broken"
+    flag.write_text("yes")
+    request_id = env.send("fixable", {"cli": True})
+    assert wait_until(lambda: env.status(request_id)["State"] == "dead-lettered", timeout=30)
+    listing = kambda("dlq", "ls", "--function", "fixable")
+    assert listing.returncode == 0 and request_id in listing.stdout and "RetriesExhausted" in listing.stdout
+    shown = kambda("dlq", "show", request_id)
+    assert shown.returncode == 0 and json.loads(json.loads(shown.stdout)["Payload"]) == {"cli": True}
+    assert json.loads(kambda("status", request_id).stdout)["State"] == "dead-lettered"
+    flag.unlink()
+    assert kambda("dlq", "redrive", "--all", "--function", "fixable").returncode == 0
+    assert wait_until(lambda: env.status(request_id)["State"] == "succeeded", timeout=30)
+    assert kambda("dlq", "show", request_id).returncode == 2
+    assert kambda("dlq", "rm", "no-such-id").returncode == 2
+    assert kambda("status", "no-such-id").returncode == 2
