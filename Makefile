@@ -32,6 +32,7 @@ lint: venv
 ## bench: latency/throughput against a bare aiohttp server measured in the same run, and cold starts
 bench: venv
 	$(BIN)/python bench/invoke_bench.py
+	$(BIN)/python bench/async_bench.py
 
 ## proto: regenerate runtime/rpc from runtime/proto/runtime.proto
 proto: venv

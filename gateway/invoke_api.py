@@ -154,17 +154,16 @@ class InvokeAPI:
         else:
             limit = self._settings.max_sync_payload
             message = f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
-        too_large = errors.too_large(message)
         if request.content_length is not None and request.content_length > limit:
-            raise BadRequest(too_large)
+            raise BadRequest(errors.too_large(message))
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(too_large) from None
+            raise BadRequest(errors.too_large(message)) from None
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise BadRequest(errors.invalid_content(f"Could not read the request body: {exc}")) from None
         if len(body) > limit:
-            raise BadRequest(too_large)
+            raise BadRequest(errors.too_large(message))
         if not body.strip():
             return b"{}"  # boto3 sends an empty body for no payload; Lambda hands the handler {}
         try:

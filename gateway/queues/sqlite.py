@@ -1,9 +1,11 @@
 """The embedded event queue: one SQLite database in WAL mode under the gateway's data directory.
 
-Writes happen on the event loop (each is tens of microseconds) with group commit: enqueues that arrive together are
-committed in one transaction and all acknowledged after it. With `synchronous=NORMAL` a committed event survives the
-gateway being killed (it is in the OS's page cache); `synchronous=FULL` also survives power loss, at the cost of an
-fsync per commit. One gateway owns the file: events it had leased when it died are due again when it restarts.
+Writes happen on the event loop (each is tens of microseconds) with group commit: writes that arrive together
+(enqueues, status updates) are committed in one transaction and all acknowledged after it. With
+`synchronous=NORMAL` a committed event survives the gateway being killed (it is in the OS's page cache);
+`synchronous=FULL` also survives power loss, at the cost of an fsync per commit. One gateway owns the file, so
+leases are kept in memory only: an event being delivered is still `queued` on disk, and whatever a gateway was
+delivering when it died is due again the moment it restarts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from ..queueing import (
     DEAD_LETTERED,
@@ -65,6 +68,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_by_function ON dead_letters (function, request_id);
 """
 WAITING = (QUEUED, RETRYING)
+# Spelled out (not bound) so SQLite can use the partial index `events_due`, whose WHERE clause is the same text.
+IS_WAITING = "state IN ('queued', 'retrying')"
 EVENT_COLUMNS = (
     "request_id, function, qualifier, payload, enqueued_at, not_before, attempts, retries, throttles, trace_id"
 )
@@ -81,7 +86,8 @@ class SQLiteQueue:
         self._path = path
         self._synchronous = synchronous
         self._db: sqlite3.Connection | None = None
-        self._pending: list[tuple[Event, asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[tuple[str, tuple[Any, ...]]], asyncio.Future[None]]] = []
+        self._leased: set[str] = set()  # request ids being delivered by this gateway
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -95,11 +101,6 @@ class SQLiteQueue:
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
-        # Whatever this gateway had leased when it stopped (or died) is due again: at-least-once delivery.
-        db.execute(
-            "UPDATE events SET state = CASE WHEN retries > 0 THEN ? ELSE ? END WHERE state = ?",
-            (RETRYING, QUEUED, RUNNING),
-        )
         self._db = db
 
     async def close(self) -> None:
@@ -109,11 +110,12 @@ class SQLiteQueue:
             self._db.close()
             self._db = None
 
-    # ---- enqueue with group commit ---------------------------------------------------------------------------
+    # ---- writes, with group commit --------------------------------------------------------------------------
 
-    async def enqueue(self, event: Event) -> None:
+    async def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Run the statements in the next transaction; returns once it is committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
+        self._pending.append((list(statements), future))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
         await future
@@ -122,18 +124,12 @@ class SQLiteQueue:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        now = time.time()
-        rows = [
-            (e.request_id, e.function, e.qualifier, e.payload, e.enqueued_at, e.not_before, e.attempts, e.retries,
-             e.throttles, e.trace_id, QUEUED, now)
-            for e, _ in batch
-        ]  # fmt: skip
         try:
             with self.db:
                 self.db.execute("BEGIN")
-                self.db.executemany(
-                    f"INSERT INTO events ({EVENT_COLUMNS}, state, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows
-                )
+                for statements, _ in batch:
+                    for sql, params in statements:
+                        self.db.execute(sql, params)
         except sqlite3.Error as exc:
             for _, future in batch:
                 if not future.done():
@@ -143,32 +139,43 @@ class SQLiteQueue:
             if not future.done():
                 future.set_result(None)
 
+    async def enqueue(self, event: Event) -> None:
+        e = event
+        await self._write(
+            (
+                f"INSERT INTO events ({EVENT_COLUMNS}, state, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (e.request_id, e.function, e.qualifier, e.payload, e.enqueued_at, e.not_before, e.attempts,
+                 e.retries, e.throttles, e.trace_id, QUEUED, time.time()),
+            )
+        )  # fmt: skip
+
     # ---- delivery --------------------------------------------------------------------------------------------
 
     async def claim(self, limit: int, now: float) -> list[Event]:
         if limit <= 0:
             return []
         rows = self.db.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE state IN (?, ?) AND not_before <= ? ORDER BY not_before LIMIT ?",
-            (*WAITING, now, limit),
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {IS_WAITING} AND not_before <= ? ORDER BY not_before LIMIT ?",
+            (now, limit + len(self._leased)),
         ).fetchall()
-        if not rows:
-            return []
-        events = [Event(*row) for row in rows]
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "UPDATE events SET state = ?, updated_at = ? WHERE request_id = ?",
-                [(RUNNING, now, e.request_id) for e in events],
-            )
+        events = [Event(*row) for row in rows if row[0] not in self._leased][:limit]
+        self._leased.update(e.request_id for e in events)
         return events
 
     def next_due(self) -> float | None:
-        row = self.db.execute("SELECT MIN(not_before) FROM events WHERE state IN (?, ?)", WAITING).fetchone()
+        if self._leased:  # leased events are still "waiting" on disk; look past them
+            marks = ",".join("?" * len(self._leased))
+            row = self.db.execute(
+                f"SELECT MIN(not_before) FROM events WHERE {IS_WAITING} AND request_id NOT IN ({marks})",
+                tuple(self._leased),
+            ).fetchone()
+        else:
+            row = self.db.execute(f"SELECT MIN(not_before) FROM events WHERE {IS_WAITING}").fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def _write_status(self, event: Event, status: Status, *, finished: bool) -> None:
-        self.db.execute(
+    @staticmethod
+    def _status_update(event: Event, status: Status, *, finished: bool) -> tuple[str, tuple[Any, ...]]:
+        return (
             "UPDATE events SET state = ?, updated_at = ?, finished_at = ?, not_before = ?, attempts = ?, retries = ?, "
             "throttles = ?, executed_version = ?, result = ?, error = ?, error_type = ?, condition = ? "
             "WHERE request_id = ?",
@@ -178,21 +185,24 @@ class SQLiteQueue:
         )  # fmt: skip
 
     async def succeed(self, event: Event, status: Status) -> None:
-        self._write_status(event, status, finished=True)
+        await self._write(self._status_update(event, status, finished=True))
+        self._leased.discard(event.request_id)
 
     async def reschedule(self, event: Event, status: Status) -> None:
-        self._write_status(event, status, finished=False)
+        await self._write(self._status_update(event, status, finished=False))
+        self._leased.discard(event.request_id)
 
     async def dead_letter(self, event: Event, record: DeadLetter, status: Status) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute(
+        r = record
+        await self._write(
+            (
                 f"INSERT OR REPLACE INTO dead_letters ({DEAD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (record.request_id, record.function, record.qualifier, record.payload, record.condition,
-                 record.attempts, record.enqueued_at, record.failed_at, record.executed_version, record.error_type,
-                 record.error),
-            )  # fmt: skip
-            self._write_status(event, status, finished=True)
+                (r.request_id, r.function, r.qualifier, r.payload, r.condition, r.attempts, r.enqueued_at,
+                 r.failed_at, r.executed_version, r.error_type, r.error),
+            ),
+            self._status_update(event, status, finished=True),
+        )  # fmt: skip
+        self._leased.discard(event.request_id)
 
     # ---- status and the DLQ ----------------------------------------------------------------------------------
 
@@ -202,7 +212,12 @@ class SQLiteQueue:
             "result, error, error_type, condition FROM events WHERE request_id = ?",
             (request_id,),
         ).fetchone()
-        return Status(*row) if row else None
+        if row is None:
+            return None
+        status = Status(*row)
+        if request_id in self._leased:
+            status.state = RUNNING
+        return status
 
     async def list_dead(
         self, function: str | None, marker: str | None, limit: int
@@ -223,33 +238,32 @@ class SQLiteQueue:
         return DeadLetter(*row) if row else None
 
     async def delete_dead(self, request_id: str) -> bool:
-        with self.db:
-            self.db.execute("BEGIN")
-            deleted = self.db.execute("DELETE FROM dead_letters WHERE request_id = ?", (request_id,)).rowcount
-            self.db.execute(
-                "UPDATE events SET state = ? WHERE request_id = ? AND state = ?", (FAILED, request_id, DEAD_LETTERED)
-            )
-        return deleted > 0
+        if await self.get_dead(request_id) is None:
+            return False
+        await self._write(
+            ("DELETE FROM dead_letters WHERE request_id = ?", (request_id,)),
+            ("UPDATE events SET state = ? WHERE request_id = ? AND state = ?", (FAILED, request_id, DEAD_LETTERED)),
+        )
+        return True
 
     async def redrive(self, request_id: str, now: float) -> bool:
         dead = await self.get_dead(request_id)
         if dead is None:
             return False
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute("DELETE FROM events WHERE request_id = ?", (request_id,))
-            self.db.execute(
+        await self._write(
+            ("DELETE FROM events WHERE request_id = ?", (request_id,)),
+            (
                 f"INSERT INTO events ({EVENT_COLUMNS}, state, updated_at) VALUES (?,?,?,?,?,?,0,0,0,'',?,?)",
                 (dead.request_id, dead.function, dead.qualifier, dead.payload, now, now, QUEUED, now),
-            )
-            self.db.execute("DELETE FROM dead_letters WHERE request_id = ?", (request_id,))
+            ),
+            ("DELETE FROM dead_letters WHERE request_id = ?", (request_id,)),
+        )
         return True
 
     async def stats(self) -> QueueStats:
         stats = QueueStats()
         for function, depth, oldest in self.db.execute(
-            "SELECT function, COUNT(*), MIN(enqueued_at) FROM events WHERE state IN (?, ?, ?) GROUP BY function",
-            (*WAITING, RUNNING),
+            f"SELECT function, COUNT(*), MIN(enqueued_at) FROM events WHERE {IS_WAITING} GROUP BY function"
         ):
             stats.functions[function] = FunctionQueueStats(depth, oldest)
         stats.dead_letters = self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]

@@ -37,7 +37,9 @@ def test_put_replaces_update_merges_and_overrides_the_manifest(tmp_path: Path) -
     configs.update("f", validate({"MaximumEventAgeInSeconds": 120}))
     effective = configs.effective(spec)
     assert (effective.max_retry_attempts, effective.max_event_age_seconds, effective.on_failure) == (0, 120, "sink")
-    destination = {"DestinationConfig": {"OnSuccess": {"Destination": "arn:aws:lambda:us-east-1:123456789012:function:ok"}}}
+    destination = {
+        "DestinationConfig": {"OnSuccess": {"Destination": "arn:aws:lambda:us-east-1:123456789012:function:ok"}}
+    }
     configs.put("f", validate(destination))
     effective = InvokeConfigs(tmp_path / "c.json").effective(spec)  # persisted
     assert (effective.max_retry_attempts, effective.on_success) == (2, "ok")
