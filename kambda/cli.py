@@ -120,6 +120,23 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    import logging
+
+    from kambda.operator import main as operator_main
+    from kambda.operator.resources import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(
+        runtime_image=args.runtime_image,
+        gateway_address=args.gateway_address,
+        signing_key=operator_main.signing_key(args.signing_key_file),
+        image_pull_policy=args.image_pull_policy,
+        gateway_selector={"app.kubernetes.io/name": "kambda", "app.kubernetes.io/component": "gateway"},
+    )
+    return operator_main.run(namespace=args.namespace, settings=settings, liveness=args.liveness)
+
+
 def _agent(args: argparse.Namespace) -> int:
     from kambda.runtime.agent.main import main as agent_main
 
@@ -168,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("request_id")
     status.add_argument("--endpoint", default="http://127.0.0.1:8080")
     status.set_defaults(func=_status)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator (Function and Alias resources)")
+    op.add_argument("--namespace", help="watch one namespace (default: all)")
+    op.add_argument("--runtime-image", default="localhost/kambda-runtime:0.1.0", help="image of function pods")
+    op.add_argument("--image-pull-policy", default="IfNotPresent")
+    op.add_argument("--gateway-address", default="kambda-gateway.kambda-system.svc:9090",
+                    help="host:port where function pods reach the gateway's runtime interface")  # fmt: skip
+    op.add_argument("--signing-key-file", help="the key shared with the gateway (else $KAMBDA_SIGNING_KEY)")
+    op.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
+    op.set_defaults(func=_operator)
 
     agent = sub.add_parser("agent", help="run a sandbox agent (used inside function pods)", add_help=False)
     agent.add_argument("rest", nargs=argparse.REMAINDER)

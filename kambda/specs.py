@@ -17,6 +17,7 @@ PYTHON_RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "pytho
 PROVIDED_RUNTIMES = ("provided", "provided.al2", "provided.al2023")
 RUNTIMES = PYTHON_RUNTIMES + PROVIDED_RUNTIMES
 
+EGRESS = ("all", "cluster", "none")
 MEMORY_MB = (128, 10240)
 TIMEOUT_SECONDS = (1, 900)
 MAX_RETRY_ATTEMPTS = (0, 2)
@@ -63,8 +64,21 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Code:
+    """Exactly one source is set."""
+
     files: Mapping[str, str] | None = None  # inline: relative path -> text; a file named bootstrap is executable
-    path: str | None = None  # a directory (made absolute by the manifest loader)
+    path: str | None = None  # a directory (made absolute by the manifest loader; local backend only)
+    config_map: str | None = None  # a ConfigMap in the Function's namespace, one key per file
+    url: str | None = None  # a zip archive the agent downloads and checks against sha256
+    sha256: str | None = None
+    image: str | None = None  # a container image with the function baked in
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    name: str
+    secret_name: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,10 @@ class FunctionSpec:
     scaling: Scaling = Scaling()
     async_config: AsyncConfig = AsyncConfig()
     description: str = ""
+    secret_environment: tuple[SecretEnv, ...] = ()
+    service_account_name: str | None = None  # None: the pod gets no service-account token (no "IAM role")
+    egress: str = "all"  # all | cluster | none (the NetworkPolicy, Lambda's VPC settings)
+    retain_versions: int = 5
 
     @property
     def is_python(self) -> bool:
@@ -213,6 +231,12 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     on_success = _destination(r, asy, "onSuccess")
     on_failure = _destination(r, asy, "onFailure")
     description = r.string(spec, "description", "spec") or ""
+    secret_env = _parse_secret_environment(r, spec)
+    service_account = r.string(spec, "serviceAccountName", "spec")
+    egress = r.string(r.mapping(spec, "network", "spec"), "egress", "spec.network") or "all"
+    if egress not in EGRESS:
+        r.fail("spec.network.egress", f"must be one of {', '.join(EGRESS)}")
+    retain = r.integer(spec, "retainVersions", "spec", (1, None))
 
     if r.errors:
         raise SpecError(r.errors)
@@ -238,6 +262,10 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
             on_failure=on_failure,
         ),
         description=description,
+        secret_environment=secret_env,
+        service_account_name=service_account,
+        egress=egress,
+        retain_versions=retain or 5,
     )
 
 
@@ -248,6 +276,16 @@ def _parse_code(r: _Reader, spec: Mapping[str, Any]) -> Code:
         return Code()
     files_raw = code.get("files")
     path = r.string(code, "path", "spec.code")
+    config_map = r.string(r.mapping(code, "configMap", "spec.code"), "name", "spec.code.configMap")
+    url = r.string(code, "url", "spec.code")
+    sha256 = r.string(code, "sha256", "spec.code")
+    image = r.string(code, "image", "spec.code")
+    if url is not None and not re.match(r"^https?://", url):
+        r.fail("spec.code.url", "must be an http(s) URL")
+    if (url is None) != (sha256 is None):
+        r.fail("spec.code", "url and sha256 go together")
+    elif sha256 is not None and not re.match(r"^[0-9a-f]{64}$", sha256):
+        r.fail("spec.code.sha256", "must be 64 lower-case hex digits")
     files: dict[str, str] | None = None
     if files_raw is not None:
         if not isinstance(files_raw, Mapping) or not files_raw:
@@ -261,9 +299,10 @@ def _parse_code(r: _Reader, spec: Mapping[str, Any]) -> Code:
                     r.fail(f"spec.code.files.{fname}", "must be a relative path inside the code directory")
                 else:
                     files[str(fname)] = text
-    if (files_raw is None) == (path is None):
-        r.fail("spec.code", "must set exactly one of files or path")
-    return Code(files=files, path=path)
+    sources = [files_raw, path, config_map, url, image]
+    if sum(source is not None for source in sources) != 1:
+        r.fail("spec.code", "must set exactly one of files, path, configMap, url or image")
+    return Code(files=files, path=path, config_map=config_map, url=url, sha256=sha256, image=image)
 
 
 def _is_safe_relative(name: str) -> bool:
@@ -284,6 +323,29 @@ def _parse_environment(r: _Reader, spec: Mapping[str, Any]) -> dict[str, str]:
         else:
             env[str(key)] = str(value)
     return env
+
+
+def _parse_secret_environment(r: _Reader, spec: Mapping[str, Any]) -> tuple[SecretEnv, ...]:
+    raw = spec.get("secretEnvironment")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.fail("spec.secretEnvironment", "must be a list")
+        return ()
+    entries: list[SecretEnv] = []
+    for i, item in enumerate(raw):
+        path = f"spec.secretEnvironment[{i}]"
+        if not isinstance(item, Mapping):
+            r.fail(path, "must be an object")
+            continue
+        name = r.string(item, "name", path, required=True)
+        secret = r.string(item, "secretName", path, required=True)
+        key = r.string(item, "key", path, required=True)
+        if name and (not ENV_NAME_RE.match(name) or name in RESERVED_ENV):
+            r.fail(f"{path}.name", "must be a valid, unreserved environment variable name")
+        elif name and secret and key:
+            entries.append(SecretEnv(name, secret, key))
+    return tuple(entries)
 
 
 def _destination(r: _Reader, asy: Mapping[str, Any], key: str) -> str | None:

@@ -41,6 +41,9 @@ CHANNEL_OPTIONS = (
 
 def config_from_json(data: Mapping[str, Any]) -> SandboxConfig:
     fields = {k: v for k, v in data.items() if k in SandboxConfig.__dataclass_fields__}
+    # In a pod the instance is the pod: its name (HOSTNAME) is the id the gateway sees.
+    fields.setdefault("instance_id", os.environ.get("KAMBDA_INSTANCE_ID") or os.environ.get("HOSTNAME", "instance"))
+    fields["passthrough_env"] = tuple(fields.get("passthrough_env") or ())
     return SandboxConfig(**fields)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..rpc import runtime_pb2 as pb
-from . import limits, logs, reports, runtime_api
+from . import code, limits, logs, reports, runtime_api
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class SandboxConfig:
     region: str = "us-east-1"
     python: str = sys.executable  # interpreter that has awslambdaric
     use_cgroups: bool = True
+    passthrough_env: tuple[str, ...] = ()  # the agent's own variables (e.g. from Secrets) the runtime also gets
+    code_url: str | None = None  # a zip to download into code_dir before the first start
+    code_sha256: str | None = None
 
     @property
     def name(self) -> str:
@@ -63,6 +66,7 @@ class SandboxConfig:
             "LANG": "en_US.UTF-8",
             "TZ": ":UTC",
             **self.environment,
+            **{name: os.environ[name] for name in self.passthrough_env if name in os.environ},
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api_port}",
             "_HANDLER": self.handler,
             "LAMBDA_TASK_ROOT": self.code_dir,
@@ -111,6 +115,10 @@ class Sandbox(runtime_api.RuntimeHost):
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.config.code_url:
+            await asyncio.to_thread(
+                code.fetch, self.config.code_url, self.config.code_sha256 or "", self.config.code_dir
+            )
         self._runner, self._port = await runtime_api.serve(runtime_api.create_app(self))
         self._supervisor = asyncio.create_task(self._supervise(), name=f"sandbox-{self.config.instance_id}")
 

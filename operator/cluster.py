@@ -1,0 +1,90 @@
+"""The operator's few writes to the API server (kubernetes_asyncio), kept in one place so handlers stay thin.
+
+Objects are created if absent and otherwise left alone, except the ones whose content follows the spec
+(credential Secret, NetworkPolicy), which are replaced. A version's Deployment is never updated: in particular its
+`replicas` belong to the gateway from the moment it exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+
+class Cluster:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.net = client.NetworkingV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    async def ensure(self, obj: Mapping[str, Any], *, replace: bool = False) -> None:
+        namespace = obj["metadata"]["namespace"]
+        name = obj["metadata"]["name"]
+        create, read, update = self._verbs(obj["kind"])
+        try:
+            await create(namespace, obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            if replace:
+                current = await read(name, namespace)
+                body = dict(obj)
+                body["metadata"] = {**obj["metadata"], "resourceVersion": current.metadata.resource_version}
+                await update(name, namespace, body)
+
+    def _verbs(self, kind: str) -> tuple[Any, Any, Any]:
+        c, a, n = self.core, self.apps, self.net
+        return {
+            "Secret": (c.create_namespaced_secret, c.read_namespaced_secret, c.replace_namespaced_secret),
+            "ConfigMap": (c.create_namespaced_config_map, c.read_namespaced_config_map, None),
+            "Deployment": (a.create_namespaced_deployment, a.read_namespaced_deployment, None),
+            "ControllerRevision": (
+                a.create_namespaced_controller_revision, a.read_namespaced_controller_revision, None,
+            ),
+            "NetworkPolicy": (
+                n.create_namespaced_network_policy, n.read_namespaced_network_policy,
+                n.replace_namespaced_network_policy,
+            ),
+        }[kind]  # fmt: skip
+
+    async def revisions(self, namespace: str, function: str) -> list[Any]:
+        result = await self.apps.list_namespaced_controller_revision(
+            namespace, label_selector=f"kambda.dev/function={function}"
+        )
+        return list(result.items)
+
+    async def delete_version(self, namespace: str, function: str, version: int) -> None:
+        name = f"{function}-v{version}"
+        for delete, object_name in (
+            (self.apps.delete_namespaced_deployment, name),
+            (self.core.delete_namespaced_config_map, f"{name}-code"),
+            (self.apps.delete_namespaced_controller_revision, name),
+        ):
+            try:
+                await delete(object_name, namespace, propagation_policy="Background")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+    async def aliases(self, namespace: str) -> list[dict[str, Any]]:
+        result = await self.custom.list_namespaced_custom_object("kambda.dev", "v1alpha1", namespace, "aliases")
+        return list(result["items"])
+
+    async def get_function(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = await self.custom.get_namespaced_custom_object(
+                "kambda.dev", "v1alpha1", namespace, "functions", name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body
+
+    async def ready_replicas(self, namespace: str, function: str) -> int:
+        result = await self.apps.list_namespaced_deployment(namespace, label_selector=f"kambda.dev/function={function}")
+        return sum((d.status.ready_replicas or 0) for d in result.items)

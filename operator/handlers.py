@@ -1,0 +1,136 @@
+"""Kopf handlers: parse, build (resources.py), apply (cluster.py), report status. Nothing else lives here.
+
+Every handler is idempotent: on operator restart (`resume`) it recomputes the same objects and the same version
+number, so nothing changes unless the spec did.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import kopf
+
+from kambda.specs import SpecError, parse_function
+
+from . import resources, versioning
+from .cluster import Cluster
+
+GROUP, API_VERSION = "kambda.dev", "v1alpha1"
+
+
+def _condition(ready: bool, reason: str, message: str) -> list[dict[str, str]]:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [
+        {"type": "Ready", "status": "True" if ready else "False", "reason": reason, "message": message,
+         "lastTransitionTime": now}
+    ]  # fmt: skip
+
+
+def _not_ready(patch: kopf.Patch, body: kopf.Body, reason: str, message: str) -> None:
+    patch.status["conditions"] = _condition(False, reason, message)
+    kopf.warn(body, reason=reason, message=message)
+
+
+@kopf.on.resume(GROUP, API_VERSION, "functions")
+@kopf.on.create(GROUP, API_VERSION, "functions")
+@kopf.on.update(GROUP, API_VERSION, "functions")
+async def reconcile_function(
+    *,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    name: str,
+    namespace: str | None,
+    meta: kopf.Meta,
+    patch: kopf.Patch,
+    memo: Any,
+    **_: Any,
+) -> None:
+    cluster: Cluster = memo.cluster
+    settings: resources.Settings = memo.settings
+    assert namespace is not None  # Functions are namespaced
+    raw_spec = dict(spec)
+    manifest = {"apiVersion": f"{GROUP}/{API_VERSION}", "kind": "Function",
+                "metadata": {"name": name, "namespace": namespace}, "spec": raw_spec}  # fmt: skip
+    try:
+        fn = parse_function(manifest)
+    except SpecError as exc:
+        _not_ready(patch, body, "InvalidSpec", "; ".join(exc.errors))
+        raise kopf.PermanentError(str(exc)) from None
+    if fn.code.path is not None or fn.code.image is not None:
+        what = "code.path is for the local backend" if fn.code.path else "container-image functions"
+        _not_ready(patch, body, "UnsupportedCode", f"{what}: not supported on Kubernetes yet")
+        raise kopf.PermanentError(what)
+
+    owner = resources.owner(body)
+    await cluster.ensure(resources.credential_secret(fn, owner, settings), replace=True)
+    await cluster.ensure(resources.network_policy(fn, owner, settings), replace=True)
+
+    revisions = await cluster.revisions(namespace, name)
+    known = [
+        versioning.Revision(int(r.revision), (r.metadata.annotations or {}).get(resources.ANNOTATION_HASH, ""))
+        for r in revisions
+    ]
+    number, is_new = versioning.current_version(known, resources.version_hash(raw_spec))
+    version = str(number)
+    # The revision goes last: it is the commit mark. A crash before it leaves a version that is simply redone.
+    config_map = resources.code_config_map(fn, version, owner)
+    if config_map is not None:
+        await cluster.ensure(config_map)
+    await cluster.ensure(resources.deployment(fn, version, owner, settings))
+    if is_new:
+        await cluster.ensure(resources.controller_revision(fn, raw_spec, number, owner))
+        kopf.info(body, reason="VersionPublished", message=f"version {version}")
+        known.append(versioning.Revision(number, resources.version_hash(raw_spec)))
+
+    routed = await _routed_versions(cluster, namespace, name)
+    for old in versioning.versions_to_delete([r.version for r in known], routed, fn.retain_versions):
+        await cluster.delete_version(namespace, name, old)
+        known = [r for r in known if r.version != old]
+
+    patch.status["latestVersion"] = version
+    patch.status["versions"] = [
+        {"version": str(r.version), "hash": r.hash} for r in sorted(known, key=lambda r: r.version)
+    ]
+    patch.status["observedGeneration"] = meta.get("generation")
+    patch.status["instances"] = await cluster.ready_replicas(namespace, name)
+    patch.status["conditions"] = _condition(True, "Reconciled", f"version {version} is deployed")
+
+
+async def _routed_versions(cluster: Cluster, namespace: str, function: str) -> set[int]:
+    routed: set[int] = set()
+    for alias in await cluster.aliases(namespace):
+        spec = alias.get("spec", {})
+        if spec.get("function") == function:
+            routed |= {int(v) for v in [spec.get("version"), *(spec.get("additionalVersionWeights") or {})] if v}
+    return routed
+
+
+@kopf.on.resume(GROUP, API_VERSION, "aliases")
+@kopf.on.create(GROUP, API_VERSION, "aliases")
+@kopf.on.update(GROUP, API_VERSION, "aliases")
+async def reconcile_alias(
+    *, body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, patch: kopf.Patch, memo: Any, **_: Any
+) -> None:
+    cluster: Cluster = memo.cluster
+    assert namespace is not None
+    if name.isdigit():
+        _not_ready(patch, body, "InvalidName", "an alias name cannot be a number (it would shadow a version)")
+        raise kopf.PermanentError("numeric alias name")
+    function = spec.get("function", "")
+    version = str(spec.get("version", ""))
+    weights = dict(spec.get("additionalVersionWeights") or {})
+    fn = await cluster.get_function(namespace, function)
+    if fn is None:
+        _not_ready(patch, body, "FunctionNotFound", f"function {function} does not exist")
+        raise kopf.TemporaryError(f"function {function} not found", delay=5)
+    available = [v["version"] for v in (fn.get("status") or {}).get("versions") or []]
+    problems = versioning.alias_problems(version, weights, available)
+    if problems:
+        _not_ready(patch, body, "InvalidRouting", "; ".join(problems))
+        if any("does not exist" in p for p in problems):
+            raise kopf.TemporaryError("; ".join(problems), delay=5)  # the version may be on its way
+        raise kopf.PermanentError("; ".join(problems))
+    patch.status["function"] = function
+    patch.status["routing"] = versioning.alias_routing(version, weights)
+    patch.status["conditions"] = _condition(True, "Routed", f"{function}: {versioning.alias_routing(version, weights)}")

@@ -1,0 +1,234 @@
+"""Pure builders: a Function's spec in, the Kubernetes objects that run it out (no I/O, unit-tested dict to dict).
+
+Per Function: a credential Secret and a NetworkPolicy. Per version: an immutable ControllerRevision (the snapshot),
+an immutable ConfigMap with the code, and a Deployment created at 0 replicas, whose replicas only the gateway
+changes afterwards (through the scale subresource).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kambda import credentials
+from kambda.specs import FunctionSpec
+
+GROUP = "kambda.dev"
+LABEL_FUNCTION = "kambda.dev/function"
+LABEL_VERSION = "kambda.dev/version"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+ANNOTATION_HASH = "kambda.dev/version-hash"
+TASK_ROOT = "/var/task"
+MILLICPU_PER_MB = 1000 / 1769  # Lambda: 1,769 MB of memory = 1 vCPU
+AGENT_MEMORY_MB = 64  # the agent's own share of the pod's memory limit, on top of the function's
+# Fields a version snapshots (Lambda's "version configuration"); scaling, concurrency and async settings are the
+# function's and change without a new version.
+VERSIONED_FIELDS = (
+    "runtime", "handler", "code", "memoryMB", "timeoutSeconds", "environment", "secretEnvironment",
+    "serviceAccountName", "network",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settings:
+    runtime_image: str
+    gateway_address: str  # host:port of the gateway's runtime interface, as pods reach it
+    signing_key: bytes
+    image_pull_policy: str = "IfNotPresent"
+    region: str = "us-east-1"
+    gateway_selector: Mapping[str, str] | None = None  # labels of gateway pods (NetworkPolicy egress)
+
+
+def version_hash(raw_spec: Mapping[str, Any]) -> str:
+    snapshot = {k: raw_spec[k] for k in VERSIONED_FIELDS if k in raw_spec}
+    return hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def owner(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(name: str, fn: FunctionSpec, owner_ref: Mapping[str, Any], version: str | None = None) -> dict[str, Any]:
+    labels = {LABEL_FUNCTION: fn.name, "app.kubernetes.io/managed-by": "kambda"}
+    if version is not None:
+        labels[LABEL_VERSION] = version
+    return {"name": name, "namespace": fn.namespace, "labels": labels, "ownerReferences": [dict(owner_ref)]}
+
+
+def deployment_name(function: str, version: str) -> str:
+    return f"{function}-v{version}"
+
+
+def credential_secret(fn: FunctionSpec, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    credential = credentials.credential_for(settings.signing_key, f"{fn.namespace}/{fn.name}")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(f"{fn.name}-credential", fn, owner_ref),
+        "type": "Opaque",
+        "stringData": {"credential": credential},
+    }
+
+
+def controller_revision(
+    fn: FunctionSpec, raw_spec: Mapping[str, Any], version: int, owner_ref: Mapping[str, Any]
+) -> dict[str, Any]:
+    meta = _meta(f"{fn.name}-v{version}", fn, owner_ref, str(version))
+    meta["annotations"] = {ANNOTATION_HASH: version_hash(raw_spec)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": meta,
+        "revision": version,
+        "data": {"spec": {k: raw_spec[k] for k in VERSIONED_FIELDS if k in raw_spec}},
+    }
+
+
+def _code_keys(files: Mapping[str, str]) -> list[tuple[str, str]]:
+    # ConfigMap keys cannot contain "/", so files get neutral keys and are placed by the volume's items.
+    return [(f"f{i}", path) for i, path in enumerate(sorted(files))]
+
+
+def code_config_map(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any]) -> dict[str, Any] | None:
+    if fn.code.files is None:
+        return None
+    files = fn.code.files
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(f"{fn.name}-v{version}-code", fn, owner_ref, version),
+        "immutable": True,
+        "data": {key: files[path] for key, path in _code_keys(files)},
+    }
+
+
+def _code_volume(fn: FunctionSpec, version: str) -> dict[str, Any]:
+    if fn.code.files is not None:
+        items = [{"key": key, "path": path} for key, path in _code_keys(fn.code.files)]
+        source = {"name": f"{fn.name}-v{version}-code", "items": items, "defaultMode": 0o555}
+        return {"name": "code", "configMap": source}
+    if fn.code.config_map is not None:
+        return {"name": "code", "configMap": {"name": fn.code.config_map, "defaultMode": 0o555}}
+    return {"name": "code", "emptyDir": {}}  # code.url: the agent downloads and verifies it here
+
+
+def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[str, Any]:
+    """What the agent reads from KAMBDA_SANDBOX (its instance id is the pod's name)."""
+    return {
+        "function": f"{fn.namespace}/{fn.name}",
+        "version": version,
+        "runtime": fn.runtime,
+        "handler": fn.handler,
+        "code_dir": TASK_ROOT,
+        "memory_mb": fn.memory_mb,
+        "timeout_seconds": fn.timeout_seconds,
+        "environment": dict(fn.environment),
+        "passthrough_env": [e.name for e in fn.secret_environment],
+        "region": settings.region,
+        "python": "/usr/bin/python3",
+        "use_cgroups": False,  # the pod's own memory limit is the sandbox's
+        "code_url": fn.code.url,
+        "code_sha256": fn.code.sha256,
+    }
+
+
+def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    labels = {LABEL_FUNCTION: fn.name, LABEL_VERSION: version, LABEL_COMPONENT: "function"}
+    memory = f"{fn.memory_mb + AGENT_MEMORY_MB}Mi"
+    cpu = f"{max(50, round(fn.memory_mb * MILLICPU_PER_MB))}m"
+    env: list[dict[str, Any]] = [
+        {"name": "KAMBDA_GATEWAY", "value": settings.gateway_address},
+        {"name": "KAMBDA_SANDBOX", "value": json.dumps(sandbox_config(fn, version, settings), sort_keys=True)},
+        {
+            "name": "KAMBDA_CREDENTIAL",
+            "valueFrom": {"secretKeyRef": {"name": f"{fn.name}-credential", "key": "credential"}},
+        },
+        *(
+            {"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret_name, "key": e.key}}}
+            for e in fn.secret_environment
+        ),
+    ]
+    pod_spec: dict[str, Any] = {
+        # No service-account token unless the Function names an account (its "execution role").
+        "automountServiceAccountToken": fn.service_account_name is not None,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": fn.timeout_seconds + 5,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "function",
+                "image": settings.runtime_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["python3", "-m", "kambda.runtime.agent"],
+                "env": env,
+                "resources": {"requests": {"memory": memory, "cpu": cpu}, "limits": {"memory": memory, "cpu": cpu}},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [
+                    {"name": "code", "mountPath": TASK_ROOT, "readOnly": fn.code.url is None},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            }
+        ],
+        "volumes": [_code_volume(fn, version), {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}}],
+    }
+    if fn.service_account_name is not None:
+        pod_spec["serviceAccountName"] = fn.service_account_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(deployment_name(fn.name, version), fn, owner_ref, version),
+        "spec": {
+            "replicas": 0,  # set once at creation; from then on only the gateway scales it
+            "revisionHistoryLimit": 0,
+            "selector": {"matchLabels": {LABEL_FUNCTION: fn.name, LABEL_VERSION: version}},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def network_policy(fn: FunctionSpec, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """Nothing may connect to a function's pods; egress per `spec.network.egress` (the gateway is always allowed)."""
+    policy: dict[str, Any] = {
+        "podSelector": {"matchLabels": {LABEL_FUNCTION: fn.name}},
+        "policyTypes": ["Ingress"],
+        "ingress": [],
+    }
+    if fn.egress != "all":
+        gateway = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.gateway_selector or {})}}
+        dns = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+        rules: list[dict[str, Any]] = [
+            {"to": [gateway]},
+            {"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        ]
+        if fn.egress == "cluster":
+            rules.append({"to": [{"namespaceSelector": {}}]})
+        policy["policyTypes"].append("Egress")
+        policy["egress"] = rules
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(fn.name, fn, owner_ref),
+        "spec": policy,
+    }
