@@ -1,0 +1,136 @@
+"""A real Kubernetes API server for the control-plane tests: etcd + kube-apiserver + kube-controller-manager (+
+scheduler), built from Debian's kubernetes source by hack/build-k8s.sh and started by hack/test-cluster.sh.
+
+A cluster already running (KAMBDA_TEST_KUBECONFIG, or the script's default location) is used as it is; otherwise
+one is started for the session and stopped after it. Each test module gets its own namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_BIN = Path(os.environ.get("K8S_BIN", "/var/cache/k8s-test-cluster/bin"))
+SCRIPT = ROOT / "hack" / "test-cluster.sh"
+SIGNING_KEY = "kambda-test-signing-key"
+
+
+class Kube:
+    def __init__(self, kubeconfig: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.env = {**os.environ, "KUBECONFIG": kubeconfig, "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(K8S_BIN / "kubectl"), *args], input=input, capture_output=True, text=True, env=self.env, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if result.returncode != 0:
+            return None
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
+        items: list[dict[str, Any]] = json.loads(self.kubectl(*args).stdout)["items"]
+        return items
+
+    def apply(self, manifest: str, namespace: str) -> subprocess.CompletedProcess[str]:
+        # --validate=false: the API server itself must refuse what is invalid, not kubectl's client-side check.
+        return self.kubectl("apply", "--validate=false", "-n", namespace, "-f", "-", input=manifest, check=False)
+
+
+def _reachable(kubeconfig: str) -> bool:
+    if not Path(kubeconfig).exists():
+        return False
+    probe = subprocess.run(
+        [str(K8S_BIN / "kubectl"), "--kubeconfig", kubeconfig, "get", "--raw", "/readyz"],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[Kube]:
+    assert (K8S_BIN / "kube-apiserver").exists(), f"no Kubernetes binaries in {K8S_BIN}: run hack/build-k8s.sh"
+    kubeconfig = os.environ.get("KAMBDA_TEST_KUBECONFIG", "/tmp/kambda-test-cluster/admin.kubeconfig")
+    started = False
+    if not _reachable(kubeconfig):
+        env = {**os.environ, "WITH_NODE": os.environ.get("KAMBDA_TEST_WITH_NODE", "0")}
+        subprocess.run(["bash", str(SCRIPT), "up"], check=True, env=env, timeout=900)
+        started = True
+    kube = Kube(kubeconfig)
+    kube.kubectl("apply", "-f", str(ROOT / "crds"))
+    kube.kubectl("wait", "--for=condition=Established", "crd/functions.kambda.dev", "crd/aliases.kambda.dev")
+    yield kube
+    if started and not os.environ.get("KAMBDA_KEEP_CLUSTER"):
+        subprocess.run(["bash", str(SCRIPT), "down"], check=False, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def namespace(kube: Kube) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", name)
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+class Operator:
+    """`kambda operator` as a subprocess, watching one namespace."""
+
+    def __init__(self, kube: Kube, namespace: str, log_path: Path) -> None:
+        self.kube, self.namespace, self.log_path = kube, namespace, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kambda", "operator", "--namespace", self.namespace,
+             "--gateway-address", "10.244.0.1:9090", "--runtime-image", "localhost/kambda-runtime:test"],
+            env={**self.kube.env, "KAMBDA_SIGNING_KEY": SIGNING_KEY}, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def operator(kube: Kube, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    op = Operator(kube, namespace, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+def eventually(predicate, timeout: float = 60, interval: float = 0.25):  # type: ignore[no-untyped-def]
+    """The predicate's first truthy value within the timeout (else its last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
