@@ -82,7 +82,7 @@ class Pool:
         self.idle: list[Instance] = []  # a stack: the most recently used instance is reused first, so the
         # others age out and the pool shrinks back to what the load needs
         self.instances: dict[str, Instance] = {}
-        self.starting: set[str] = set()  # asked of the backend, not yet connected
+        self.starting: dict[str, float] = {}  # asked of the backend, not yet connected: id -> monotonic time asked
         self.busy = 0
 
     @property
@@ -152,7 +152,10 @@ class Dispatcher:
 
     def connect(self, version: FunctionVersion, instance_id: str, send: Sender) -> Instance:
         pool = self.pool(version)
-        pool.starting.discard(instance_id)
+        if pool.starting.pop(instance_id, None) is None and pool.starting:
+            # Backends that cannot name instances in advance (Kubernetes: pods) hand out placeholders; a new
+            # instance takes the place of the oldest one.
+            del pool.starting[min(pool.starting, key=pool.starting.__getitem__)]
         old = pool.instances.get(instance_id)
         if old is not None:  # the same instance reconnecting: its old stream is dead
             self.disconnect(old)

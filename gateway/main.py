@@ -70,3 +70,31 @@ def run_local(directory: Path, settings: GatewaySettings) -> int:
     backend = LocalBackend(LocalSettings(signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups))
     asyncio.run(serve(settings, registry, backend, key))
     return 0
+
+
+def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
+    """The gateway of a cluster: functions from the API server, instances as pods of per-version Deployments."""
+    from kubernetes_asyncio import client
+
+    from kambda import kubeconfig
+
+    from .backends.kubernetes import KubernetesBackend
+    from .watching import Watcher
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        await kubeconfig.load()
+        async with client.ApiClient() as api:
+            registry = Registry(settings.namespace)
+            watcher = Watcher(api, registry, settings.namespace)
+            watching = asyncio.create_task(watcher.run(), name="watch")
+            try:
+                await asyncio.wait_for(watcher.synced.wait(), 60)
+                await serve(settings, registry, KubernetesBackend(api), signing_key)
+            finally:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
+
+    asyncio.run(main())
+    return 0

@@ -6,10 +6,14 @@ watching Function objects. Either way a version is a frozen snapshot: spec plus 
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kambda import naming
 from kambda.specs import FunctionSpec
+
+from .routing import pick as routing_pick
 
 
 @dataclass(frozen=True)
@@ -37,18 +41,30 @@ class NotFound(LookupError):
 
 
 class Registry:
-    """Function versions by namespace and name. A gateway serves one namespace by name; others by `ns/name`."""
+    """Function versions and aliases by namespace and name; a gateway serves one namespace's functions by name."""
 
-    def __init__(self, namespace: str = "default") -> None:
+    def __init__(self, namespace: str = "default", *, rng: Callable[[], float] = random.random) -> None:
         self.namespace = namespace
         self._versions: dict[tuple[str, str], dict[str, FunctionVersion]] = {}
+        self._aliases: dict[tuple[str, str], dict[str, dict[str, float]]] = {}  # function -> alias -> routing
+        self._rng = rng  # None for tests: a fixed sequence makes weighted routing deterministic
 
     def put(self, version: FunctionVersion) -> None:
         spec = version.spec
         self._versions.setdefault((spec.namespace, spec.name), {})[version.version] = version
 
+    def replace_function(self, namespace: str, name: str, versions: dict[str, FunctionVersion]) -> None:
+        """All versions of one function at once (`$LATEST` among them), as the Kubernetes watch sees them."""
+        self._versions[(namespace, name)] = versions
+
     def remove(self, namespace: str, name: str) -> None:
         self._versions.pop((namespace, name), None)
+
+    def put_alias(self, namespace: str, function: str, alias: str, routing: dict[str, float]) -> None:
+        self._aliases.setdefault((namespace, function), {})[alias] = routing
+
+    def remove_alias(self, namespace: str, function: str, alias: str) -> None:
+        self._aliases.get((namespace, function), {}).pop(alias, None)
 
     def functions(self) -> list[FunctionVersion]:
         return [v[naming.LATEST] for v in self._versions.values() if naming.LATEST in v]
@@ -62,7 +78,12 @@ class Registry:
     def resolve(self, ref: naming.FunctionRef) -> FunctionVersion:
         versions = self.get_function(ref.name)
         qualifier = ref.qualifier or naming.LATEST
-        if versions is None or qualifier not in versions:
+        if versions is None:
+            raise NotFound(ref.name, ref.qualifier)
+        routing = self._aliases.get((self.namespace, ref.name), {}).get(qualifier)
+        if routing is not None:
+            qualifier = routing_pick(routing, self._rng())
+        if qualifier not in versions:
             raise NotFound(ref.name, ref.qualifier)
         return versions[qualifier]
 

@@ -37,7 +37,7 @@ def state_of(pool: Pool) -> scaling.State:
         active=pool.active,
         connected=len(pool.instances),
         starting=len(pool.starting),
-        idle_since=tuple((i.id, i.idle_since) for i in pool.idle),
+        idle_since=(*((i.id, i.idle_since) for i in pool.idle), *pool.starting.items()),
     )
 
 
@@ -58,7 +58,7 @@ class Scaler:
     def instance_gone(self, key: tuple[str, str], instance_id: str) -> None:
         pool = self._dispatcher.pools.get(key)
         if pool is not None:
-            pool.starting.discard(instance_id)
+            pool.starting.pop(instance_id, None)
             if pool.pending:
                 self.poke()
 
@@ -79,9 +79,15 @@ class Scaler:
             labels = (pool.version.spec.name, pool.version.version)
             if decision.start:
                 ids = await self._backend.start_instances(pool.version, decision.start)
-                pool.starting.update(ids)
+                pool.starting.update(dict.fromkeys(ids, now))
                 self._metrics.instances_started.labels(*labels).inc(len(ids))
+            stopped: list[str] = []
             for instance_id in decision.stop:
                 instance = pool.instances.get(instance_id)
                 if instance is not None and await self._dispatcher.retire(instance, "idle"):
-                    self._metrics.instances_stopped.labels(*labels).inc()
+                    stopped.append(instance_id)
+                elif pool.starting.pop(instance_id, None) is not None:
+                    stopped.append(instance_id)  # asked for, never came: withdraw it
+            if stopped:
+                await self._backend.stop_instances(pool.version, stopped)
+                self._metrics.instances_stopped.labels(*labels).inc(len(stopped))

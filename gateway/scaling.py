@@ -3,7 +3,8 @@
     desired = ceil(active / per-instance concurrency), at least `provisioned`, at most the cap
     cap     = reserved concurrency, else max instances, else the gateway-wide limit
     start   = desired - (connected + starting), at most `burst` in one step
-    stop    = idle instances whose idle window has passed, keeping `desired` (and provisioned) alive
+    stop    = idle instances whose idle window has passed, keeping `desired` (and provisioned) alive; an instance
+              still starting counts as idle since it was asked for (a pod that never gets scheduled is withdrawn)
 
 The scaler loop (`scaler.py`) gathers the state, calls `decide` and applies the result through a backend.
 """
@@ -28,7 +29,7 @@ class State:
     active: int  # invocations running or queued
     connected: int  # instances connected (busy or idle)
     starting: int  # instances requested and not yet connected
-    idle_since: tuple[tuple[str, float], ...] = ()  # idle instances: (id, monotonic time they became idle)
+    idle_since: tuple[tuple[str, float], ...] = ()  # idle or starting instances: (id, monotonic time since idle)
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,17 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kambda.gateway.settings import GatewaySettings
 
 
-def _run(args: argparse.Namespace) -> int:
-    from kambda.gateway.main import run_local
+def _settings(args: argparse.Namespace) -> GatewaySettings:
     from kambda.gateway.settings import GatewaySettings
 
     settings = GatewaySettings()
-    settings = replace(
+    return replace(
         settings,
         host=args.host,
         port=args.port,
@@ -31,8 +34,15 @@ def _run(args: argparse.Namespace) -> int:
         throttle_base_delay=args.throttle_base_delay,
         lease_seconds=args.lease_seconds,
         max_async_payload=args.max_async_payload,
+        namespace=args.namespace,
+        queue_timeout=args.queue_timeout,
     )
-    return run_local(Path(args.directory), settings)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kambda.gateway.main import run_local
+
+    return run_local(Path(args.directory), _settings(args))
 
 
 def _invoke(args: argparse.Namespace) -> int:
@@ -123,6 +133,7 @@ def _status(args: argparse.Namespace) -> int:
 def _operator(args: argparse.Namespace) -> int:
     import logging
 
+    from kambda import kubeconfig
     from kambda.operator import main as operator_main
     from kambda.operator.resources import Settings
 
@@ -130,11 +141,20 @@ def _operator(args: argparse.Namespace) -> int:
     settings = Settings(
         runtime_image=args.runtime_image,
         gateway_address=args.gateway_address,
-        signing_key=operator_main.signing_key(args.signing_key_file),
+        signing_key=kubeconfig.signing_key(args.signing_key_file),
         image_pull_policy=args.image_pull_policy,
         gateway_selector={"app.kubernetes.io/name": "kambda", "app.kubernetes.io/component": "gateway"},
     )
     return operator_main.run(namespace=args.namespace, settings=settings, liveness=args.liveness)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    if args.backend == "local":
+        return _run(args)
+    from kambda import kubeconfig
+    from kambda.gateway.main import run_kubernetes
+
+    return run_kubernetes(_settings(args), kubeconfig.signing_key(args.signing_key_file))
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -143,25 +163,38 @@ def _agent(args: argparse.Namespace) -> int:
     return agent_main(args.rest)
 
 
+def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--grpc-port", type=int, default=9090, help="runtime interface port (0: any free port)")
+    parser.add_argument("--data-dir", help="code cache and queues (default ~/.local/share/kambda)")
+    parser.add_argument("--max-concurrency", type=int, default=1000, help="gateway-wide concurrency limit")
+    parser.add_argument("--no-cgroups", action="store_true", help="do not put runtimes into memory cgroups")
+    parser.add_argument("--queue", choices=("sqlite", "nats"), default="sqlite", help="async event queue backend")
+    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222", help="NATS server (with --queue nats)")
+    parser.add_argument("--retry-base-delay", type=float, default=60.0, help="seconds before the 1st async retry")
+    parser.add_argument("--throttle-base-delay", type=float, default=1.0, help="first backoff after a throttle")
+    parser.add_argument("--lease-seconds", type=float, default=30.0, help="NATS: redelivery delay of unacked events")
+    parser.add_argument("--max-async-payload", type=int, default=1024 * 1024, help="Event payload limit (bytes)")
+    parser.add_argument("--namespace", default="default", help="the namespace whose functions are served by name")
+    parser.add_argument("--queue-timeout", type=float, default=120.0, help="how long a request waits for an instance")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kambda", description="AWS Lambda, self-hosted.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the platform locally, serving the Function manifests in DIR")
     run.add_argument("directory", nargs="?", default=".", metavar="DIR")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8080)
-    run.add_argument("--grpc-port", type=int, default=9090, help="runtime interface port (0: any free port)")
-    run.add_argument("--data-dir", help="code cache and queues (default ~/.local/share/kambda)")
-    run.add_argument("--max-concurrency", type=int, default=1000, help="gateway-wide concurrency limit")
-    run.add_argument("--no-cgroups", action="store_true", help="do not put runtimes into memory cgroups")
-    run.add_argument("--queue", choices=("sqlite", "nats"), default="sqlite", help="async event queue backend")
-    run.add_argument("--nats-url", default="nats://127.0.0.1:4222", help="NATS server (with --queue nats)")
-    run.add_argument("--retry-base-delay", type=float, default=60.0, help="seconds before the 1st async retry")
-    run.add_argument("--throttle-base-delay", type=float, default=1.0, help="first backoff after a throttle")
-    run.add_argument("--lease-seconds", type=float, default=30.0, help="NATS: redelivery delay of unacked events")
-    run.add_argument("--max-async-payload", type=int, default=1024 * 1024, help="Event payload limit in bytes")
+    _gateway_arguments(run)
     run.set_defaults(func=_run)
+
+    gateway = sub.add_parser("gateway", help="run the gateway (--backend kubernetes: against the current cluster)")
+    gateway.add_argument("--backend", choices=("local", "kubernetes"), default="kubernetes")
+    gateway.add_argument("--directory", default=".", help="manifests, with --backend local")
+    gateway.add_argument("--signing-key-file", help="the key shared with the operator (else $KAMBDA_SIGNING_KEY)")
+    _gateway_arguments(gateway)
+    gateway.set_defaults(func=_gateway)
 
     invoke = sub.add_parser("invoke", help="invoke a function and print its result")
     invoke.add_argument("name")

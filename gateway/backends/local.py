@@ -123,6 +123,14 @@ class LocalBackend:
         await proc.stdin.drain()
         return ids
 
+    async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            return
+        # A connected sandbox stops itself on the gateway's Stop; this covers ones that never connected.
+        proc.stdin.write(b"".join(json.dumps({"op": "stop", "instance_id": i}).encode() + b"\n" for i in instance_ids))
+        await proc.stdin.drain()
+
     async def close(self) -> None:
         self._closing = True
         proc = self._proc

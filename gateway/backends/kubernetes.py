@@ -1,0 +1,58 @@
+"""The Kubernetes backend: a version's instances are the pods of its Deployment (`<function>-v<version>`, created
+by the operator at 0 replicas). The gateway changes only `replicas`, through the scale subresource.
+
+Pods cannot be named in advance, so started instances are placeholders until a pod's agent connects (the
+dispatcher then retires the oldest placeholder). Retiring an idle instance deletes that pod and lowers `replicas`
+by one, so the ReplicaSet does not pick a busy pod instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..registry import FunctionVersion
+from . import OnGone
+
+log = logging.getLogger(__name__)
+PLACEHOLDER = "pending-"
+
+
+class KubernetesBackend:
+    def __init__(self, api: client.ApiClient) -> None:
+        self._apps = client.AppsV1Api(api)
+        self._core = client.CoreV1Api(api)
+
+    async def open(self, on_gone: OnGone, grpc_target: str) -> None:
+        """Nothing to start: pods learn the gateway's address from the operator's pod template."""
+
+    def _target(self, version: FunctionVersion) -> tuple[str, str]:
+        return f"{version.spec.name}-v{version.version}", version.spec.namespace
+
+    async def _scale_by(self, version: FunctionVersion, delta: int) -> int:
+        name, namespace = self._target(version)
+        scale = await self._apps.read_namespaced_deployment_scale(name, namespace)
+        replicas = max(0, (scale.spec.replicas or 0) + delta)
+        await self._apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+        log.info("scaled %s/%s to %d", namespace, name, replicas)
+        return replicas
+
+    async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
+        await self._scale_by(version, count)
+        return [f"{PLACEHOLDER}{uuid.uuid4().hex[:12]}" for _ in range(count)]
+
+    async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
+        _, namespace = self._target(version)
+        for pod in (i for i in instance_ids if not i.startswith(PLACEHOLDER)):
+            try:  # an instance is its pod: its id is the pod's name
+                await self._core.delete_namespaced_pod(pod, namespace, grace_period_seconds=5)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        await self._scale_by(version, -len(instance_ids))
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,122 @@
+"""The Kubernetes backend's view of what can be invoked: it watches Function and Alias objects and keeps the
+registry equal to them. Each version's configuration comes from its ControllerRevision (immutable, cached);
+function-level settings (concurrency, scaling, async) from the Function itself. A watch that expires is resumed
+from a fresh list, so no change is missed for long."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kambda import naming
+from kambda.specs import SpecError, parse_function
+
+from .registry import FunctionVersion, Registry
+
+log = logging.getLogger(__name__)
+GROUP, VERSION = "kambda.dev", "v1alpha1"
+WATCH_SECONDS = 300
+
+
+class Watcher:
+    def __init__(self, api: client.ApiClient, registry: Registry, namespace: str) -> None:
+        self._custom = client.CustomObjectsApi(api)
+        self._apps = client.AppsV1Api(api)
+        self._registry = registry
+        self._namespace = namespace
+        self._snapshots: dict[tuple[str, str, str], dict[str, Any]] = {}  # (ns, fn, version) -> versioned spec
+        self.synced = asyncio.Event()
+
+    async def run(self) -> None:
+        functions_synced, aliases_synced = asyncio.Event(), asyncio.Event()
+
+        async def both_synced() -> None:
+            await functions_synced.wait()
+            await aliases_synced.wait()
+            self.synced.set()
+
+        await asyncio.gather(
+            self._watch("functions", self._on_function, functions_synced),
+            self._watch("aliases", self._on_alias, aliases_synced),
+            both_synced(),
+        )
+
+    async def _watch(
+        self, plural: str, handle: Callable[[str, dict[str, Any]], Awaitable[None]], synced: asyncio.Event
+    ) -> None:
+        lister = self._custom.list_namespaced_custom_object
+        while True:
+            try:
+                listing = await lister(GROUP, VERSION, self._namespace, plural)
+                for item in listing["items"]:
+                    await handle("ADDED", item)
+                synced.set()
+                version = listing["metadata"]["resourceVersion"]
+                async with watch.Watch() as w:
+                    async for event in w.stream(
+                        lister, GROUP, VERSION, self._namespace, plural,
+                        resource_version=version, timeout_seconds=WATCH_SECONDS,
+                    ):  # fmt: skip
+                        await handle(event["type"], event["object"])
+            except asyncio.CancelledError:
+                raise
+            except ApiException as exc:
+                if exc.status != 410:  # 410 Gone: the watch expired; relist and carry on
+                    log.warning("watching %s failed (%s); retrying", plural, exc.status)
+                    await asyncio.sleep(1)
+            except Exception:
+                log.exception("watching %s failed; retrying", plural)
+                await asyncio.sleep(1)
+
+    async def _on_function(self, kind: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if kind == "DELETED":
+            self._registry.remove(namespace, name)
+            return
+        status = body.get("status") or {}
+        versions: dict[str, FunctionVersion] = {}
+        for entry in status.get("versions") or []:
+            number = str(entry["version"])
+            snapshot = await self._snapshot(namespace, name, number)
+            if snapshot is None:
+                continue
+            manifest = {"metadata": {"name": name, "namespace": namespace}, "spec": {**body["spec"], **snapshot}}
+            try:
+                spec = parse_function(manifest)
+            except SpecError as exc:
+                log.warning("%s/%s version %s is not runnable: %s", namespace, name, number, exc)
+                continue
+            versions[number] = FunctionVersion(spec, number, code_dir="/var/task", code_sha256=entry.get("hash", ""))
+        latest = str(status.get("latestVersion", ""))
+        if latest in versions:
+            versions[naming.LATEST] = versions[latest]  # $LATEST runs the newest version's Deployment
+        self._registry.replace_function(namespace, name, versions)
+
+    async def _snapshot(self, namespace: str, function: str, version: str) -> dict[str, Any] | None:
+        key = (namespace, function, version)
+        if key not in self._snapshots:
+            try:
+                revision = await self._apps.read_namespaced_controller_revision(f"{function}-v{version}", namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            self._snapshots[key] = dict((revision.data or {}).get("spec") or {})
+        return self._snapshots[key]
+
+    async def _on_alias(self, kind: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        function = (body.get("spec") or {}).get("function", "")
+        routing = (body.get("status") or {}).get("routing")
+        if kind == "DELETED" or not routing:
+            self._registry.remove_alias(meta["namespace"], function, meta["name"])
+        else:
+            self._registry.put_alias(
+                meta["namespace"], function, meta["name"], {str(k): float(v) for k, v in routing.items()}
+            )
