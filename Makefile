@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PORT   ?= 8080
 
-.PHONY: run test lint bench proto proto-check venv clean cluster-up cluster-down images kind-up
+.PHONY: run test lint bench proto proto-check venv clean k8s-binaries cluster-up cluster-down images kind-up
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,3 +44,33 @@ proto-check: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+## cluster-up / cluster-down: a real Kubernetes (Debian's source, built once into /var/cache/k8s-test-cluster);
+## WITH_NODE=0 for the control plane only. Prints the kubeconfig path.
+K8S_BIN ?= /var/cache/k8s-test-cluster/bin
+WITH_NODE ?= 1
+k8s-binaries:
+	bash hack/build-k8s.sh
+	bash hack/get-helm.sh >/dev/null
+
+cluster-up: k8s-binaries
+	WITH_NODE=$(WITH_NODE) bash hack/test-cluster.sh up
+	@bash hack/test-cluster.sh kubeconfig
+
+cluster-down:
+	bash hack/test-cluster.sh down
+
+## images: the gateway/operator and runtime images (needs Docker)
+VERSION ?= 0.1.0
+images:
+	docker build -f images/kambda.Dockerfile -t localhost/kambda:$(VERSION) .
+	docker build -f images/runtime.Dockerfile -t localhost/kambda-runtime:$(VERSION) .
+
+## kind-up: a kind cluster with kambda installed by Helm (needs Docker and kind)
+kind-up: images
+	kind get clusters | grep -qx kambda || kind create cluster --name kambda
+	kind load docker-image --name kambda localhost/kambda:$(VERSION) localhost/kambda-runtime:$(VERSION)
+	kubectl apply -f crds/
+	helm upgrade --install kambda charts/kambda --namespace kambda-system --create-namespace \
+	  --set functionsNamespace=default --set image.pullPolicy=Never --set runtimeImage.pullPolicy=Never --wait
+	@echo "kubectl port-forward -n kambda-system svc/kambda-gateway 8080:8080, then invoke http://127.0.0.1:8080"

@@ -25,6 +25,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
+        grpc_host=args.grpc_host,
         data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir,
         max_concurrency=args.max_concurrency,
         use_cgroups=not args.no_cgroups,
@@ -167,6 +168,7 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--grpc-port", type=int, default=9090, help="runtime interface port (0: any free port)")
+    parser.add_argument("--grpc-host", default="127.0.0.1", help="runtime interface address (0.0.0.0 in a pod)")
     parser.add_argument("--data-dir", help="code cache and queues (default ~/.local/share/kambda)")
     parser.add_argument("--max-concurrency", type=int, default=1000, help="gateway-wide concurrency limit")
     parser.add_argument("--no-cgroups", action="store_true", help="do not put runtimes into memory cgroups")

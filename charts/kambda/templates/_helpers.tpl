@@ -1,0 +1,18 @@
+{{- define "kambda.labels" -}}
+app.kubernetes.io/name: kambda
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+{{- define "kambda.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+{{- define "kambda.runtimeImage" -}}
+{{ .Values.runtimeImage.repository }}:{{ .Values.runtimeImage.tag | default .Chart.AppVersion }}
+{{- end }}
+{{- define "kambda.functionsNamespace" -}}
+{{ .Values.functionsNamespace | default .Release.Namespace }}
+{{- end }}
+{{- define "kambda.gatewayAddress" -}}
+{{ .Release.Name }}-gateway.{{ .Release.Namespace }}.svc:{{ .Values.gateway.grpcPort }}
+{{- end }}
