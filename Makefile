@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PORT   ?= 8080
 
-.PHONY: run test lint bench proto proto-check venv clean k8s-binaries cluster-up cluster-down images kind-up
+.PHONY: run test test-deps lint bench proto proto-check venv clean k8s-binaries cluster-up cluster-down images kind-up
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,18 @@ venv: $(STAMP)
 run: venv
 	$(BIN)/kambda run examples --port $(PORT)
 
-## test: unit and integration tests (real gateway, agents and awslambdaric runtimes)
-test: venv
+## test: unit, integration (real gateway, agents, awslambdaric runtimes, NATS) and control-plane tests (a real
+## kube-apiserver + etcd + controller-manager, started and stopped by the tests). Installs what they need first.
+test: venv test-deps
 	$(BIN)/pytest -q
+
+## test-deps: Debian packages and the Kubernetes binaries the tests start (root; cached after the first time)
+test-deps:
+	@missing=""; for pc in curl:curl nats-server:nats-server etcd:etcd-server openssl:openssl npm:npm unzip:unzip; do \
+	  command -v $${pc%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pc%%:*} ] || missing="$$missing $${pc#*:}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+	bash hack/build-k8s.sh
+	bash hack/get-helm.sh >/dev/null
 
 lint: venv
 	$(BIN)/ruff check .
