@@ -42,6 +42,7 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/invoke_bench.py
 	$(BIN)/python bench/async_bench.py
+	$(BIN)/python bench/operator_bench.py
 
 ## proto: regenerate runtime/rpc from runtime/proto/runtime.proto
 proto: venv
