@@ -393,6 +393,10 @@ EOF
   log "smoke: passed, cleaned up"
 }
 
+cmd_pack_rootfs() { # DIR NAME:TAG OUT.tar [ENTRYPOINT_JSON]: a single-layer image tarball, not imported
+  mkimage "$1" "$2" "$3" "${4:-null}" null
+}
+
 cmd_import_rootfs() { # DIR NAME:TAG [CMD_JSON]
   local out; out=$(mktemp --suffix=.tar)
   mkimage "$1" "$2" "$out" null "${3:-null}"; $CTR images import "$out"; rm -f "$out"
@@ -458,6 +462,7 @@ case "${1:-up}" in
   smoke) cmd_smoke ;;
   status) cmd_status ;;
   import-rootfs) shift; cmd_import_rootfs "$@" ;;
+  pack-rootfs) shift; cmd_pack_rootfs "$@" ;;
   down) shift; cmd_down "$@" ;;
   *) sed -n '2,12p' "$0"; exit 2 ;;
 esac

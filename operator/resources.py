@@ -178,7 +178,10 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
                 "imagePullPolicy": settings.image_pull_policy,
                 "command": ["python3", "-m", "kambda.runtime.agent"],
                 "env": env,
-                "resources": {"requests": {"memory": memory, "cpu": cpu}, "limits": {"memory": memory, "cpu": cpu}},
+                # CPU is requested in proportion to memory (Lambda's 1,769 MB = 1 vCPU), so under contention shares
+                # follow memory, but it is not capped: a 128 MB function capped at 72 millicores would spend
+                # seconds importing its runtime and the agent (Lambda itself does not throttle INIT either).
+                "resources": {"requests": {"memory": memory, "cpu": cpu}, "limits": {"memory": memory}},
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
                     "readOnlyRootFilesystem": True,

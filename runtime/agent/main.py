@@ -49,7 +49,7 @@ def config_from_json(data: Mapping[str, Any]) -> SandboxConfig:
 
 async def _start_sandbox(
     channel: aio.Channel, config: SandboxConfig, credential: str, sink: Any
-) -> tuple[Sandbox, asyncio.Task[None]]:
+) -> tuple[Sandbox, Session, asyncio.Task[None]]:
     identity = Identity(config.function, config.version, config.instance_id, credential)
     holder: list[Sandbox] = []
 
@@ -63,7 +63,7 @@ async def _start_sandbox(
     holder.append(sandbox)
     await sandbox.start()
     task = asyncio.create_task(session.run(), name=f"session-{config.instance_id}")
-    return sandbox, task
+    return sandbox, session, task
 
 
 async def run_single(gateway: str) -> int:
@@ -78,14 +78,24 @@ async def run_single(gateway: str) -> int:
         out.write(data)
         out.flush()
 
+    terminate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, terminate.set)
     async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
-        sandbox, session_task = await _start_sandbox(channel, config, credential, sink)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: loop.create_task(sandbox.stop()))
-        await sandbox.stopped.wait()
+        sandbox, session, session_task = await _start_sandbox(channel, config, credential, sink)
+        stopped = asyncio.create_task(sandbox.stopped.wait())
+        terminated = asyncio.create_task(terminate.wait())
+        await asyncio.wait((stopped, terminated), return_when=asyncio.FIRST_COMPLETED)
+        if session.failure is not None:
+            log.error("%s", session.failure)
+            return 1  # a pod the gateway refuses should crash-loop visibly, not sit idle
+        if not terminate.is_set():
+            # Retired by the gateway: it deletes this pod; exiting would only make the kubelet restart it.
+            await terminate.wait()
+        await sandbox.stop()
         session_task.cancel()
-        await asyncio.gather(session_task, return_exceptions=True)
+        await asyncio.gather(session_task, stopped, terminated, return_exceptions=True)
     return 0
 
 
@@ -129,7 +139,7 @@ async def run_supervisor(gateway: str) -> int:
                 if command["op"] == "start":
                     config = config_from_json(command["sandbox"])
                     sink = prefixed_sink(f"[{config.name}:{config.version}] ".encode())
-                    sandbox, task = await _start_sandbox(channel, config, command["credential"], sink)
+                    sandbox, _, task = await _start_sandbox(channel, config, command["credential"], sink)
                     sandboxes[config.instance_id] = sandbox
                     watcher = asyncio.create_task(watch(config.instance_id, sandbox, task))
                     watchers.add(watcher)

@@ -53,7 +53,8 @@ def test_function_gets_secret_version_and_a_zero_replica_deployment(
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == "localhost/kambda-runtime:test"
-    assert container["resources"]["limits"] == {"memory": "320Mi", "cpu": "145m"}  # 256 MB + agent; 256/1769 vCPU
+    assert container["resources"]["limits"] == {"memory": "320Mi"}  # 256 MB + the agent's share
+    assert container["resources"]["requests"] == {"memory": "320Mi", "cpu": "145m"}  # 256/1769 vCPU
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
