@@ -51,6 +51,7 @@ class Scaler:
         self._gateway_cap = gateway_cap
         self._tick = tick
         self._wake = asyncio.Event()
+        self._adopted: set[tuple[str, str]] = set()
 
     def poke(self, pool: Pool | None = None) -> None:
         self._wake.set()
@@ -75,6 +76,11 @@ class Scaler:
 
     async def reconcile(self, now: float) -> None:
         for pool in list(self._dispatcher.pools.values()):
+            if pool.version.key not in self._adopted:
+                # Instances left running by a previous gateway count as starting until they reconnect, so a
+                # restart does not scale up beside them (nor, if they never return, keep them past the idle window).
+                self._adopted.add(pool.version.key)
+                pool.starting.update(dict.fromkeys(await self._backend.adopt(pool.version), now))
             decision = scaling.decide(state_of(pool), policy_for(pool, self._gateway_cap), now)
             labels = (pool.version.spec.name, pool.version.version)
             if decision.start:

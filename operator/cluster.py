@@ -7,11 +7,15 @@ Objects are created if absent and otherwise left alone, except the ones whose co
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+
+APPLIED_HASH = "kambda.dev/applied-hash"
 
 
 class Cluster:
@@ -25,15 +29,21 @@ class Cluster:
         namespace = obj["metadata"]["namespace"]
         name = obj["metadata"]["name"]
         create, read, update = self._verbs(obj["kind"])
+        # The hash of what we wrote rides along, so an unchanged object is never rewritten (a rewrite bumps its
+        # resourceVersion and wakes every watcher for nothing).
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+        annotations = {**obj["metadata"].get("annotations", {}), APPLIED_HASH: digest}
+        body = {**obj, "metadata": {**obj["metadata"], "annotations": annotations}}
         try:
-            await create(namespace, obj)
+            await create(namespace, body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
             if replace:
                 current = await read(name, namespace)
-                body = dict(obj)
-                body["metadata"] = {**obj["metadata"], "resourceVersion": current.metadata.resource_version}
+                if (current.metadata.annotations or {}).get(APPLIED_HASH) == digest:
+                    return
+                body["metadata"]["resourceVersion"] = current.metadata.resource_version
                 await update(name, namespace, body)
 
     def _verbs(self, kind: str) -> tuple[Any, Any, Any]:

@@ -110,7 +110,15 @@ async def _routed_versions(cluster: Cluster, namespace: str, function: str) -> s
 @kopf.on.create(GROUP, API_VERSION, "aliases")
 @kopf.on.update(GROUP, API_VERSION, "aliases")
 async def reconcile_alias(
-    *, body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, patch: kopf.Patch, memo: Any, **_: Any
+    *,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: Any,
+    **_: Any,
 ) -> None:
     cluster: Cluster = memo.cluster
     assert namespace is not None
@@ -131,6 +139,9 @@ async def reconcile_alias(
         if any("does not exist" in p for p in problems):
             raise kopf.TemporaryError("; ".join(problems), delay=5)  # the version may be on its way
         raise kopf.PermanentError("; ".join(problems))
+    routing = versioning.alias_routing(version, weights)
+    # A merge patch merges maps: versions no longer routed to must be removed explicitly.
+    dropped = {v: None for v in (status.get("routing") or {}) if v not in routing}
     patch.status["function"] = function
-    patch.status["routing"] = versioning.alias_routing(version, weights)
-    patch.status["conditions"] = _condition(True, "Routed", f"{function}: {versioning.alias_routing(version, weights)}")
+    patch.status["routing"] = {**dropped, **routing}
+    patch.status["conditions"] = _condition(True, "Routed", f"{function}: {routing}")

@@ -162,3 +162,7 @@ class NatsServer:
         self.proc.terminate()
         self.proc.wait(10)
         self._log.close()
+
+
+# The Kubernetes fixtures (a real cluster, started once per session) serve tests/k8s and tests/e2e alike.
+from tests.kube import kube, namespace, operator  # noqa: E402, F401

@@ -17,6 +17,11 @@ class Backend(Protocol):
         """Get ready to start instances; they reach the gateway's runtime interface at `grpc_target`."""
         ...
 
+    async def adopt(self, version: FunctionVersion) -> list[str]:
+        """Instances of `version` that already run (e.g. pods kept while the gateway restarted), as placeholders
+        the scaler counts as starting until they connect."""
+        ...
+
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
         """Start `count` instances; returns their ids. They connect to the gateway when their runtime is up."""
         ...

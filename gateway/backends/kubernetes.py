@@ -40,6 +40,16 @@ class KubernetesBackend:
         log.info("scaled %s/%s to %d", namespace, name, replicas)
         return replicas
 
+    async def adopt(self, version: FunctionVersion) -> list[str]:
+        name, namespace = self._target(version)
+        try:
+            scale = await self._apps.read_namespaced_deployment_scale(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return [f"{PLACEHOLDER}{uuid.uuid4().hex[:12]}" for _ in range(scale.spec.replicas or 0)]
+
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
         await self._scale_by(version, count)
         return [f"{PLACEHOLDER}{uuid.uuid4().hex[:12]}" for _ in range(count)]

@@ -93,6 +93,9 @@ class LocalBackend:
         if key is not None:
             self._on_gone(key, instance_id)
 
+    async def adopt(self, version: FunctionVersion) -> list[str]:
+        return []  # the local agent process never outlives the gateway
+
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
         proc = await self._ensure_agent()
         assert proc.stdin is not None

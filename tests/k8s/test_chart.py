@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.k8s.conftest import K8S_BIN, ROOT, Kube
+from tests.kube import K8S_BIN, ROOT, Kube
 
 CHART = str(ROOT / "charts" / "kambda")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.k8s.conftest import ROOT, Kube
+from tests.kube import ROOT, Kube
 
 
 def test_every_example_applies(kube: Kube, namespace: str) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.k8s.conftest import SIGNING_KEY, Kube, Operator, eventually
 from tests.k8s.test_operator import manifest, ready
+from tests.kube import SIGNING_KEY, Kube, Operator, eventually
 
 
 class KubeGateway:

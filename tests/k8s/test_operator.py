@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from kambda import credentials
-from tests.k8s.conftest import SIGNING_KEY, Kube, Operator, eventually
+from tests.kube import SIGNING_KEY, Kube, Operator, eventually
 
 
 def manifest(name: str, code: str = "def handler(e, c):\n    return 1\n", extra: str = "") -> str:

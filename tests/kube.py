@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 K8S_BIN = Path(os.environ.get("K8S_BIN", "/var/cache/k8s-test-cluster/bin"))
 SCRIPT = ROOT / "hack" / "test-cluster.sh"
 SIGNING_KEY = "kambda-test-signing-key"
@@ -70,7 +70,8 @@ def kube() -> Iterator[Kube]:
     kubeconfig = os.environ.get("KAMBDA_TEST_KUBECONFIG", "/tmp/kambda-test-cluster/admin.kubeconfig")
     started = False
     if not _reachable(kubeconfig):
-        env = {**os.environ, "WITH_NODE": os.environ.get("KAMBDA_TEST_WITH_NODE", "0")}
+        # The full node (kubelet, containerd, kube-proxy) whenever the end-to-end suite runs in the same session.
+        env = {**os.environ, "WITH_NODE": os.environ.get("KAMBDA_TEST_WITH_NODE", "1")}
         subprocess.run(["bash", str(SCRIPT), "up"], check=True, env=env, timeout=900)
         started = True
     kube = Kube(kubeconfig)
