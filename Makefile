@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PORT   ?= 8080
 
-.PHONY: run test test-deps lint bench proto proto-check venv clean k8s-binaries cluster-up cluster-down images kind-up
+.PHONY: run test test-deps lint bench proto proto-check venv clean k8s-binaries cluster-up cluster-down images images-local kind-up
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,10 +39,11 @@ lint: venv
 	@$(MAKE) --no-print-directory proto-check
 
 ## bench: latency/throughput against a bare aiohttp server measured in the same run, and cold starts
-bench: venv
+bench: venv test-deps
 	$(BIN)/python bench/invoke_bench.py
 	$(BIN)/python bench/async_bench.py
 	$(BIN)/python bench/operator_bench.py
+	$(BIN)/python bench/k8s_coldstart_bench.py
 
 ## proto: regenerate runtime/rpc from runtime/proto/runtime.proto
 proto: venv
@@ -69,6 +70,11 @@ cluster-up: k8s-binaries
 
 cluster-down:
 	bash hack/test-cluster.sh down
+
+## images-local: the runtime image without Docker or a registry (debootstrap rootfs + this tree), imported into
+## the test cluster's containerd; prints its name
+images-local: venv
+	bash hack/images-local.sh
 
 ## images: the gateway/operator and runtime images (needs Docker)
 VERSION ?= 0.1.0
