@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -90,39 +91,42 @@ def namespace(kube: Kube) -> Iterator[str]:
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-class Operator:
-    """`kambda operator` as a subprocess, watching one namespace."""
+class Process:
+    """A kambda process on the host (operator, gateway) that a test can stop, kill and start again."""
 
-    def __init__(self, kube: Kube, namespace: str, log_path: Path) -> None:
-        self.kube, self.namespace, self.log_path = kube, namespace, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args, self.env, self.log_path = args, env, log_path
+        self.start()
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kambda", "operator", "--namespace", self.namespace,
-             "--gateway-address", "10.244.0.1:9090", "--runtime-image", "localhost/kambda-runtime:test"],
-            env={**self.kube.env, "KAMBDA_SIGNING_KEY": SIGNING_KEY}, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-            self._log.close()
+        self._log.close()
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
+Operator = Process
+
+
 @pytest.fixture(scope="module")
-def operator(kube: Kube, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = Operator(kube, namespace, tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
+def operator(kube: Kube, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """`kambda operator` watching the module's namespace (pods would reach a gateway on the pod bridge)."""
+    op = Process(
+        [sys.executable, "-m", "kambda", "operator", "--namespace", namespace,
+         "--gateway-address", "10.244.0.1:9090", "--runtime-image", "localhost/kambda-runtime:test"],
+        {**kube.env, "KAMBDA_SIGNING_KEY": SIGNING_KEY}, tmp_path_factory.mktemp("operator") / "operator.log",
+    )  # fmt: skip
     yield op
     op.stop()
 

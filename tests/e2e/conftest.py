@@ -6,19 +6,17 @@ bridge address (10.244.0.1): nothing leaves this machine, and no image registry 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import free_port
-from tests.kube import ROOT, SIGNING_KEY, Kube, eventually
+from tests.kube import ROOT, SIGNING_KEY, Kube, Process, eventually
 
 BRIDGE = "10.244.0.1"
 
@@ -32,35 +30,12 @@ def runtime_image(kube: Kube) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-class HostProcess:
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.args, self.env, self.log_path = args, env, log_path
-        self.start()
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @dataclass
 class Platform:
     kube: Kube
     namespace: str
-    gateway: HostProcess
-    operator: HostProcess
+    gateway: Process
+    operator: Process
     url: str
     grpc_port: int
     client: Any
@@ -122,14 +97,14 @@ def platform(
     logs = tmp_path_factory.mktemp("e2e")
     env = {**kube.env, "KAMBDA_SIGNING_KEY": SIGNING_KEY}
     http_port, grpc_port = free_port(), free_port()
-    gateway = HostProcess(
+    gateway = Process(
         [sys.executable, "-m", "kambda", "gateway", "--backend", "kubernetes", "--namespace", namespace,
          "--port", str(http_port), "--grpc-host", "0.0.0.0", "--grpc-port", str(grpc_port),
          "--data-dir", str(logs / "data"), "--queue-timeout", "60", "--retry-base-delay", "0.5",
          "--throttle-base-delay", "0.2"],
         env, logs / "gateway.log",
     )  # fmt: skip
-    operator = HostProcess(
+    operator = Process(
         [sys.executable, "-m", "kambda", "operator", "--namespace", namespace,
          "--gateway-address", f"{BRIDGE}:{grpc_port}", "--runtime-image", runtime_image,
          "--image-pull-policy", "Never"],
