@@ -66,7 +66,6 @@ def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, 
     scaler_box: list[Scaler] = []
     dispatcher = Dispatcher(
         on_demand=lambda pool: scaler_box[0].poke(pool) if scaler_box else None,
-        on_outcome=lambda pool, outcome: None,
         queue_timeout=settings.queue_timeout,
     )
     metrics.watch(dispatcher)

@@ -103,12 +103,10 @@ class Dispatcher:
         self,
         *,
         on_demand: Callable[[Pool], None],
-        on_outcome: Callable[[Pool, Outcome], None],
         queue_timeout: float = 120.0,
     ) -> None:
         self.pools: dict[tuple[str, str], Pool] = {}
         self._on_demand = on_demand  # the scaler's wake-up: work is waiting and no instance is idle
-        self._on_outcome = on_outcome
         self._queue_timeout = queue_timeout
 
     def pool(self, version: FunctionVersion) -> Pool:
@@ -189,7 +187,6 @@ class Dispatcher:
         if invocation.timer is not None:
             invocation.timer.cancel()
         outcome.instance_id = instance.id
-        self._on_outcome(instance.pool, outcome)
         if not invocation.future.done():
             invocation.future.set_result(outcome)
 

@@ -6,7 +6,6 @@ fall back to zero. Pods that really run are the real-node end-to-end suite's bus
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import urllib.error
@@ -18,20 +17,20 @@ import pytest
 
 from tests.conftest import free_port
 from tests.k8s.test_operator import manifest, ready
-from tests.kube import SIGNING_KEY, Kube, Operator, eventually
+from tests.kube import SIGNING_KEY, Kube, Operator, Process, eventually
 
 
-class KubeGateway:
+class KubeGateway(Process):
+    """`kambda gateway --backend kubernetes` on the host, serving the test namespace."""
+
     def __init__(self, kube: Kube, namespace: str, data: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         data.mkdir(parents=True, exist_ok=True)
-        self._log = open(data / "gateway.log", "wb")  # noqa: SIM115 (closed in stop())
-        self.log_path = data / "gateway.log"
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "kambda", "gateway", "--backend", "kubernetes", "--namespace", namespace,
              "--port", str(self.port), "--grpc-port", "0", "--data-dir", str(data), "--queue-timeout", "3"],
-            env={**kube.env, "KAMBDA_SIGNING_KEY": SIGNING_KEY}, stdout=self._log, stderr=subprocess.STDOUT,
+            {**kube.env, "KAMBDA_SIGNING_KEY": SIGNING_KEY}, data / "gateway.log",
         )  # fmt: skip
         assert eventually(self._ready, timeout=60), self.logs()
 
@@ -52,14 +51,6 @@ class KubeGateway:
                 return r.status, dict(r.headers), r.read()
         except urllib.error.HTTPError as err:
             return err.code, dict(err.headers), err.read()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
