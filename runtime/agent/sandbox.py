@@ -19,8 +19,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from ..rpc import runtime_pb2 as pb
 from . import code, limits, logs, reports, runtime_api
 from .session import Session
@@ -99,7 +97,7 @@ class Sandbox(runtime_api.RuntimeHost):
         self._session = session
         self._sink = sink
         self._memory = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
-        self._runner: web.AppRunner | None = None
+        self._api = runtime_api.RuntimeAPIServer(self)
         self._port = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._capture: logs.LogCapture | None = None
@@ -119,7 +117,7 @@ class Sandbox(runtime_api.RuntimeHost):
             await asyncio.to_thread(
                 code.fetch, self.config.code_url, self.config.code_sha256 or "", self.config.code_dir
             )
-        self._runner, self._port = await runtime_api.serve(runtime_api.create_app(self))
+        self._port = await self._api.start()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"sandbox-{self.config.instance_id}")
 
     async def stop(self) -> None:
@@ -132,8 +130,7 @@ class Sandbox(runtime_api.RuntimeHost):
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
         await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._api.close()
         if self._capture is not None:
             self._capture.close()
         self._memory.release()

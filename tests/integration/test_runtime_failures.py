@@ -57,3 +57,15 @@ def test_init_error_tail_has_a_report(lambda_client) -> None:  # type: ignore[no
     response = invoke(lambda_client, "import-error", {}, LogType="Tail")
     log = base64.b64decode(response["LogResult"]).decode()
     assert log.strip().splitlines()[-1].startswith("REPORT RequestId:")
+
+
+def test_an_error_with_a_huge_xray_cause_header_reaches_the_caller(lambda_client) -> None:  # type: ignore[no-untyped-def]
+    response = invoke(lambda_client, "huge-error", {})
+    assert response["FunctionError"] == "Unhandled"
+    assert json.loads(response["Body"])["errorMessage"] == "x" * 30000
+    assert json.loads(invoke(lambda_client, "huge-error", {})["Body"])["errorType"] == "ValueError"  # runtime alive
+
+
+def test_chunked_responses_from_a_custom_runtime(lambda_client) -> None:  # type: ignore[no-untyped-def]
+    for i in range(3):  # keep-alive across several invocations
+        assert json.loads(invoke(lambda_client, "shell-chunked", {"i": i})["Body"]) == {"chunked": {"i": i}}
