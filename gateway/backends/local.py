@@ -1,6 +1,6 @@
 """The local backend: instances are sandboxes hosted by one pre-started agent process on this host.
 
-The agent process is started once (it imports grpc and aiohttp, ~0.3 s) and kept warm; starting an instance is one
+The agent process is started once (it imports grpc, ~0.1 s) and kept warm; starting an instance is one
 JSON line on its stdin, after which only the runtime process is spawned. The agent exits when its stdin closes, so
 it never outlives the gateway. If it dies, it is started again and the scaler re-creates what is still needed.
 """

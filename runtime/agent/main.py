@@ -1,10 +1,11 @@
 """Process entry points of the agent.
 
 - `run_single`: a pod's agent. One sandbox, configured by the `KAMBDA_SANDBOX` JSON the operator writes into the
-  pod spec and the credential in `KAMBDA_CREDENTIAL` (or the file `KAMBDA_CREDENTIAL_FILE`). Exits when the
-  gateway stops it or rejects it.
+  pod spec and the credential in `KAMBDA_CREDENTIAL` (or the file `KAMBDA_CREDENTIAL_FILE`). Exits on SIGTERM;
+  exits 1 if the gateway rejects it (a visible crash loop); when the gateway retires it, it stops its runtime and
+  waits for the pod's deletion rather than exiting into a restart.
 - `run_supervisor`: the local backend's pre-started agent. Hosts many sandboxes in one warm process, so that a
-  cold start spawns only the runtime, never another interpreter that imports grpc and aiohttp. The gateway drives
+  cold start spawns only the runtime, never another interpreter that imports grpc. The gateway drives
   it with JSON lines on stdin (`{"op": "start", "sandbox": {...}, "credential": "..."}`); it reports each
   sandbox's end on stdout (`{"event": "stopped", "instance_id": ...}`) and exits when stdin closes, so it can
   never outlive the gateway that started it. Function logs go to stderr, each line prefixed with the function.
