@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Protocol
 from ..rpc import runtime_pb2 as pb
 from .session import SessionClosed
 
+log = logging.getLogger(__name__)
 PREFIX = "/2018-06-01"
 MAX_PAYLOAD = 6 * 1024 * 1024 + 100  # the Runtime API's limit (RIE interop/model.go)
 MAX_HEADER = 1_100_000
@@ -229,7 +231,11 @@ class _Connection(asyncio.Protocol):
     async def _serve(self) -> None:
         while self._requests and not self._closing:
             request = self._requests.popleft()
-            response = await handle(self._server.host, request)
+            try:
+                response = await handle(self._server.host, request)
+            except Exception as exc:  # a bug in the agent: answer (a runtime must never hang on us) and say so
+                log.exception("Runtime API request %s %s failed", request.method, request.path)
+                response = _error(500, "Runtime.AgentError", f"{type(exc).__name__}: {exc}", close=True)
             if request.headers.get("connection", "").lower() == "close" or request.too_large is not None:
                 response.close = True
             self._reply(response)
