@@ -55,3 +55,11 @@ def test_expired_idle_instances_are_kept_while_demand_needs_them() -> None:
 
 def test_zero_cap_never_starts() -> None:
     assert decide(State(active=5, connected=0, starting=0), Policy(cap=0), NOW).start == 0
+
+
+def test_an_instance_that_never_connects_is_withdrawn_after_the_idle_window() -> None:
+    starting = (("pending-1", NOW - 10),)
+    assert decide(State(active=0, connected=0, starting=1, idle_since=starting), Policy(idle_seconds=5), NOW).stop == (
+        "pending-1",
+    )
+    assert decide(State(active=1, connected=0, starting=1, idle_since=starting), Policy(idle_seconds=5), NOW).stop == ()

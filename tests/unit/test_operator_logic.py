@@ -1,0 +1,79 @@
+"""The operator's pure parts: version numbering, garbage collection, alias routing, and the objects it builds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kambda.operator import resources, versioning
+from kambda.operator.versioning import Revision
+from kambda.specs import parse_function
+
+SETTINGS = resources.Settings(runtime_image="img:1", gateway_address="gw:9090", signing_key=b"k",
+                              gateway_selector={"app": "gw"})  # fmt: skip
+OWNER = {"apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "name": "f", "uid": "u", "controller": True}
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    return {"runtime": "python3.11", "handler": "app.handler", "code": {"files": {"app.py": "x"}}, **extra}
+
+
+def fn(**extra: Any):  # type: ignore[no-untyped-def]
+    return parse_function({"metadata": {"name": "f", "namespace": "ns"}, "spec": spec(**extra)})
+
+
+def test_first_version_is_one_and_an_unchanged_spec_keeps_it() -> None:
+    assert versioning.current_version([], "h1") == (1, True)
+    assert versioning.current_version([Revision(1, "h1")], "h1") == (1, False)
+    assert versioning.current_version([Revision(1, "h1"), Revision(2, "h2")], "h1") == (3, True)
+
+
+def test_only_versioned_fields_change_the_hash() -> None:
+    base = resources.version_hash(spec())
+    assert resources.version_hash(spec(scaling={"idleSeconds": 5}, concurrency={"reserved": 2})) == base
+    assert resources.version_hash(spec(memoryMB=256)) != base
+    assert resources.version_hash(spec(environment={"A": "1"})) != base
+
+
+def test_garbage_collection_keeps_newest_and_routed() -> None:
+    assert versioning.versions_to_delete([1, 2, 3, 4, 5], routed=[1], retain=2) == [2, 3]
+    assert versioning.versions_to_delete([1, 2], routed=[], retain=5) == []
+    assert versioning.versions_to_delete([1, 2, 3], routed=[], retain=0) == [1, 2]  # the newest always stays
+
+
+def test_alias_routing_and_problems() -> None:
+    assert versioning.alias_routing("1", {"2": 0.1}) == {"2": 0.1, "1": 0.9}
+    assert versioning.alias_routing("1", {"2": 0}) == {"1": 1.0}
+    assert versioning.alias_problems("1", {"2": 0.5}, ["1", "2"]) == []
+    assert any("does not exist" in p for p in versioning.alias_problems("3", None, ["1"]))
+    assert any("at most 1" in p for p in versioning.alias_problems("1", {"2": 0.7, "3": 0.6}, ["1", "2", "3"]))
+
+
+def test_deployment_is_locked_down_and_starts_at_zero() -> None:
+    deployment = resources.deployment(fn(memoryMB=1769), "3", OWNER, SETTINGS)
+    assert deployment["metadata"]["name"] == "f-v3" and deployment["spec"]["replicas"] == 0
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"] == {"requests": {"memory": "1833Mi", "cpu": "1000m"}, "limits": {"memory": "1833Mi"}}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+    sandbox = json.loads(next(e["value"] for e in container["env"] if e["name"] == "KAMBDA_SANDBOX"))
+    assert sandbox["function"] == "ns/f" and sandbox["version"] == "3" and sandbox["use_cgroups"] is False
+
+
+@pytest.mark.parametrize(("egress", "types", "rules"), [("all", ["Ingress"], 0), ("none", ["Ingress", "Egress"], 2),
+                                                         ("cluster", ["Ingress", "Egress"], 3)])  # fmt: skip
+def test_network_policy_follows_egress(egress: str, types: list[str], rules: int) -> None:
+    policy = resources.network_policy(fn(network={"egress": egress}), OWNER, SETTINGS)["spec"]
+    assert policy["policyTypes"] == types and policy["ingress"] == []
+    assert len(policy.get("egress", [])) == rules
+
+
+def test_code_files_in_subdirectories_are_placed_by_the_volume() -> None:
+    function = parse_function({"metadata": {"name": "f"}, "spec": spec(code={"files": {"a.py": "1", "pkg/b.py": "2"}})})
+    config_map = resources.code_config_map(function, "1", OWNER)
+    assert config_map is not None and config_map["data"] == {"f0": "1", "f1": "2"}
+    volume = resources.deployment(function, "1", OWNER, SETTINGS)["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["configMap"]["items"] == [{"key": "f0", "path": "a.py"}, {"key": "f1", "path": "pkg/b.py"}]
