@@ -43,7 +43,16 @@ def test_2_invoke_scales_from_zero_and_the_pod_logs_the_invocation(platform: Pla
     request_id = response["ResponseMetadata"]["RequestId"]  # type: ignore[index]
     pods = platform.pods("hello", "1")
     assert len(pods) == 1
-    logs = platform.kube.kubectl("logs", pods[0]["metadata"]["name"], "-n", platform.namespace).stdout
+    # The agent can answer before the kubelet has reported its container as running (status sync lags by up to a
+    # second), and `kubectl logs` refuses a container it believes is still being created: wait for the report.
+    name = pods[0]["metadata"]["name"]
+
+    def pod_logs() -> str | None:
+        result = platform.kube.kubectl("logs", name, "-n", platform.namespace, check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    logs = eventually(pod_logs, timeout=30)
+    assert logs, f"no logs from {name}"
     assert f"START RequestId: {request_id} Version: 1" in logs
     assert f"END RequestId: {request_id}" in logs
     assert re.search(rf"REPORT RequestId: {request_id}\tDuration: [\d.]+ ms", logs)
