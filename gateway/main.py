@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kambda import credentials, manifests, naming
+from kambda import credentials, logs, manifests, naming
 
 from .app import ENDPOINTS, create_app
 from .backends import Backend
@@ -60,7 +60,7 @@ async def serve(settings: GatewaySettings, registry: Registry, backend: Backend,
 
 
 def run_local(directory: Path, settings: GatewaySettings) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     try:
         registry = load_local_registry(directory, settings)
     except manifests.ManifestError as exc:
@@ -81,7 +81,7 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
     from .backends.kubernetes import KubernetesBackend
     from .watching import Watcher
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
 
     async def main() -> None:
         await kubeconfig.load()

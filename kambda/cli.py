@@ -132,13 +132,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    import logging
-
-    from kambda import kubeconfig
+    from kambda import kubeconfig, logs
     from kambda.operator import main as operator_main
     from kambda.operator.resources import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     settings = Settings(
         runtime_image=args.runtime_image,
         gateway_address=args.gateway_address,

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +55,9 @@ def load_directory(directory: Path) -> list[FunctionSpec]:
             code_path = (path.parent / spec.code.path).resolve()
             if not code_path.is_dir():
                 raise ManifestError(f"{path}: spec.code.path: {code_path} is not a directory")
-            spec = _with_code(spec, Code(path=str(code_path)))
+            spec = replace(spec, code=Code(path=str(code_path)))
         specs.append(spec)
     return specs
-
-
-def _with_code(spec: FunctionSpec, code: Code) -> FunctionSpec:
-    from dataclasses import replace
-
-    return replace(spec, code=code)
 
 
 def read_code(code: Code) -> dict[str, bytes]:

@@ -169,10 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway", default=os.environ.get("KAMBDA_GATEWAY", "127.0.0.1:9090"), help="gRPC host:port")
     parser.add_argument("--supervise", action="store_true", help="host many sandboxes, driven on stdin")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("KAMBDA_LOG_LEVEL", "INFO"),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from kambda import logs
+
+    logs.configure()
     runner = run_supervisor if args.supervise else run_single
     return asyncio.run(runner(args.gateway))
