@@ -243,17 +243,18 @@ class Sandbox(runtime_api.RuntimeHost):
         await self._finish_error(reports.error_type_of(body, error_type_header), body, and_next=True)
 
     async def post_init_error(self, body: bytes, error_type_header: str | None) -> None:
-        if self._init_duration_ms is not None and self._current is None:
+        # Init ends when the runtime first asks for work; after that (idle or mid-invocation) the emulator says 403.
+        if self._init_duration_ms is not None:
             raise runtime_api.InvalidState("init already completed")
         self._init_error = (reports.error_type_of(body, error_type_header), body)
         await self._session.send_result(
             pb.AgentMessage(init_error=pb.InitError(error_type=self._init_error[0], payload=body))
         )
 
-    async def payload_too_large(self, request_id: str, size: int) -> None:
+    async def payload_too_large(self, request_id: str, size: int, *, error: bool) -> None:
         self._check_current(request_id)
         message = (
-            f"Response payload size ({size} bytes) exceeded maximum allowed payload size "
+            f"{'Error' if error else 'Response'} payload size ({size} bytes) exceeded maximum allowed payload size "
             f"({runtime_api.MAX_PAYLOAD} bytes)."
         )
         await self._finish_error(
