@@ -71,6 +71,7 @@ class Instance:
     idle_since: float = field(default_factory=time.monotonic)
     busy: Invocation | None = None
     retired: bool = False
+    stalled_since: float | None = None  # declined work its runtime had not asked for: no capacity until Next
 
 
 class Pool:
@@ -89,6 +90,10 @@ class Pool:
     def active(self) -> int:
         """Invocations accepted and not yet answered: the version's concurrency."""
         return self.busy + len(self.pending)
+
+    def stalled(self) -> list[Instance]:
+        """Connected instances whose runtime is neither working nor asking for work."""
+        return [i for i in self.instances.values() if i.stalled_since is not None]
 
 
 class NoInstance(Exception):
@@ -122,11 +127,21 @@ class Dispatcher:
     async def submit(self, version: FunctionVersion, invocation: Invocation) -> None:
         """Hand the invocation to an idle instance, or queue it; its future resolves with the Outcome."""
         pool = self.pool(version)
+        if await self._assign_to_idle(pool, invocation):
+            return
+        self._queue(pool, invocation)
+
+    async def _assign_to_idle(self, pool: Pool, invocation: Invocation) -> bool:
         while pool.idle:
-            instance = pool.idle.pop()
-            if await self._assign(instance, invocation):
-                return
-        pool.pending.append(invocation)
+            if await self._assign(pool.idle.pop(), invocation):
+                return True
+        return False
+
+    def _queue(self, pool: Pool, invocation: Invocation, *, first: bool = False) -> None:
+        if first:
+            pool.pending.appendleft(invocation)
+        else:
+            pool.pending.append(invocation)
         invocation.timer = asyncio.get_running_loop().call_later(self._queue_timeout, self._expire, pool, invocation)
         self._on_demand(pool)
 
@@ -166,15 +181,35 @@ class Dispatcher:
         pool = instance.pool
         if instance.retired or instance.busy is not None:
             return
+        instance.stalled_since = None
         while pool.pending:
             invocation = pool.pending.popleft()
             if invocation.future.done():  # its caller went away while it waited
                 continue
-            if await self._assign(instance, invocation):
-                return
-            return  # the stream is broken; _assign re-queued the invocation
+            if invocation.timer is not None:
+                invocation.timer.cancel()
+            if not await self._assign(instance, invocation):
+                self._queue(pool, invocation, first=True)  # the stream is broken; another instance takes it
+            return
         instance.idle_since = time.monotonic()
         pool.idle.append(instance)
+
+    async def decline(self, instance: Instance, request_id: str) -> None:
+        """The instance gave back work its runtime had not asked for: it goes first to another instance."""
+        invocation = instance.busy
+        if invocation is None or invocation.request_id != request_id:
+            return
+        pool = instance.pool
+        instance.busy = None
+        pool.busy -= 1
+        instance.stalled_since = time.monotonic()
+        if invocation.timer is not None:
+            invocation.timer.cancel()
+            invocation.timer = None
+        if invocation.future.done():
+            return
+        if not await self._assign_to_idle(pool, invocation):
+            self._queue(pool, invocation, first=True)
 
     def finish(self, instance: Instance, outcome: Outcome) -> None:
         invocation = instance.busy
@@ -214,7 +249,7 @@ class Dispatcher:
         pool = instance.pool
         if instance in pool.idle:
             pool.idle.remove(instance)
-        elif not busy_ok:
+        elif not busy_ok and not (instance.busy is None and instance.stalled_since is not None):
             return False
         instance.retired = True
         try:
@@ -234,12 +269,12 @@ class Dispatcher:
         try:
             await instance.send(invocation.message(pool.version.spec.timeout_seconds))
         except Exception as exc:
-            log.info("instance %s unreachable (%s); re-queueing %s", instance.id, exc, invocation.request_id)
+            # The caller decides where the invocation goes next (never two places: it was assigned to nobody).
+            log.info("instance %s unreachable (%s); %s goes elsewhere", instance.id, exc, invocation.request_id)
             instance.busy = None
             pool.busy -= 1
             invocation.timer.cancel()
             invocation.timer = None
-            pool.pending.appendleft(invocation)
             self.disconnect(instance)
             return False
         return True

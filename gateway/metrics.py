@@ -119,14 +119,18 @@ class _DispatcherCollector(Collector):
             "kambda_queued_invocations", "Invocations waiting for an instance.", labels=["function", "version"]
         )
         instances = GaugeMetricFamily(
-            "kambda_instances", "Instances by state (idle, busy, starting).", labels=["function", "version", "state"]
+            "kambda_instances",
+            "Instances by state (idle, busy, stalled, starting).",
+            labels=["function", "version", "state"],
         )
         for pool in self._dispatcher.pools.values():
             labels = [pool.version.spec.name, pool.version.version]
             concurrent.add_metric(labels, pool.busy)
             queued.add_metric(labels, len(pool.pending))
+            stalled = len(pool.stalled())
             instances.add_metric([*labels, "idle"], len(pool.idle))
-            instances.add_metric([*labels, "busy"], len(pool.instances) - len(pool.idle))
+            instances.add_metric([*labels, "busy"], len(pool.instances) - len(pool.idle) - stalled)
+            instances.add_metric([*labels, "stalled"], stalled)
             instances.add_metric([*labels, "starting"], len(pool.starting))
         yield concurrent
         yield queued

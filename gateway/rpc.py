@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc import aio
@@ -23,6 +25,9 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC sets SO_REUSEPORT by default, which let a second process (a function, or a second gateway) bind the same
+    # port and receive reconnecting agents and their credentials. One listener per port.
+    ("grpc.so_reuseport", 0),
 )
 
 
@@ -47,7 +52,7 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
         if version is None or not instance_id:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no such function version: {function}")
         assert version is not None
-        instance = self._dispatcher.connect(version, instance_id, context.write)
+        instance = self._dispatcher.connect(version, instance_id, _serialised_writer(context))
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("kind")
@@ -63,15 +68,43 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
                     self._dispatcher.finish(instance, Outcome(e.payload, e.error_type, e.report, e.log_tail))
                     if e.and_next:
                         await self._dispatcher.ready(instance)
+                elif kind == "decline":
+                    await self._dispatcher.decline(instance, message.decline.request_id)
                 elif kind == "init_error":
                     log.warning("%s init failed: %s", function, message.init_error.error_type)
         finally:
             self._dispatcher.disconnect(instance)
 
 
+def _serialised_writer(
+    context: aio.ServicerContext[pb.AgentMessage, pb.GatewayMessage],
+) -> Callable[[pb.GatewayMessage], Awaitable[None]]:
+    """Writes to one stream, one at a time (gRPC refuses a second outstanding write with
+    GRPC_CALL_ERROR_TOO_MANY_OPERATIONS). A failed write ends the stream: its instance is gone for the dispatcher,
+    so it must not live on unseen; the agent reconnects and is counted afresh."""
+    lock = asyncio.Lock()
+    session = asyncio.current_task()
+
+    async def write(message: pb.GatewayMessage) -> None:
+        async with lock:
+            try:
+                await context.write(message)
+            except BaseException:
+                if session is not None:
+                    session.cancel()  # at its next await, even if the failed write was its own
+                raise
+
+    return write
+
+
 async def start_server(servicer: RuntimeInterface, host: str, port: int) -> tuple[aio.Server, int]:
     server = aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_RuntimeInterfaceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(errno.EADDRINUSE, f"the runtime interface port {host}:{port} is in use (or not bindable)")
     await server.start()
     return server, bound

@@ -38,6 +38,7 @@ def state_of(pool: Pool) -> scaling.State:
         connected=len(pool.instances),
         starting=len(pool.starting),
         idle_since=(*((i.id, i.idle_since) for i in pool.idle), *pool.starting.items()),
+        stalled_since=tuple((i.id, i.stalled_since) for i in pool.stalled() if i.stalled_since is not None),
     )
 
 

@@ -5,6 +5,8 @@
     start   = desired - (connected + starting), at most `burst` in one step
     stop    = idle instances whose idle window has passed, keeping `desired` (and provisioned) alive; an instance
               still starting counts as idle since it was asked for (a pod that never gets scheduled is withdrawn)
+    stalled = instances whose runtime declined work it had not asked for: not capacity (so another is started
+              for the work they gave back), and stopped once stalled for the idle window
 
 The scaler loop (`scaler.py`) gathers the state, calls `decide` and applies the result through a backend.
 """
@@ -30,6 +32,7 @@ class State:
     connected: int  # instances connected (busy or idle)
     starting: int  # instances requested and not yet connected
     idle_since: tuple[tuple[str, float], ...] = ()  # idle or starting instances: (id, monotonic time since idle)
+    stalled_since: tuple[tuple[str, float], ...] = ()  # connected but not capacity (counted in `connected`)
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Decision:
 def decide(state: State, policy: Policy, now: float) -> Decision:
     cap = max(0, policy.cap)
     desired = min(cap, max(policy.provisioned, math.ceil(state.active / max(1, policy.per_instance))))
-    current = state.connected + state.starting
+    current = state.connected - len(state.stalled_since) + state.starting
     start = min(max(0, desired - current), max(0, policy.burst))
     # Idle instances beyond what is needed are kept warm until their idle window passes (execution-context
     # reuse); the oldest idle go first. Starting instances count as alive so a cold start in progress is
@@ -53,4 +56,5 @@ def decide(state: State, policy: Policy, now: float) -> Decision:
         (since, instance_id) for instance_id, since in state.idle_since if now - since >= policy.idle_seconds
     )
     stop = tuple(instance_id for _, instance_id in expired[:removable])
+    stop += tuple(instance_id for instance_id, since in state.stalled_since if now - since >= policy.idle_seconds)
     return Decision(desired=desired, start=start, stop=stop)

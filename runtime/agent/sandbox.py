@@ -106,6 +106,7 @@ class Sandbox(runtime_api.RuntimeHost):
         self._served = False  # whether this runtime process has been handed an invocation (else: cold)
         self._init_error: tuple[str, bytes] | None = None
         self._current: _InFlight | None = None
+        self._waiting_next = False  # a runtime request is in /next (Lambda serves one at a time)
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self.stopped = asyncio.Event()
@@ -199,9 +200,15 @@ class Sandbox(runtime_api.RuntimeHost):
     async def next_invocation(self) -> tuple[pb.Invocation, int]:
         if self._current is not None:
             raise runtime_api.InvalidState("an invocation is in progress: post its response or error first")
+        if self._waiting_next:
+            raise runtime_api.InvalidState("another /next is already waiting")
         if self._init_duration_ms is None:
             self._init_duration_ms = (time.monotonic() - self._spawned_at) * 1000
-        invocation = await self._session.next()
+        self._waiting_next = True
+        try:
+            invocation = await self._session.next()
+        finally:
+            self._waiting_next = False
         return invocation, self._begin(invocation)
 
     def _begin(self, invocation: pb.Invocation) -> int:

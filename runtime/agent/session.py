@@ -1,14 +1,18 @@
 """The agent's end of the gRPC runtime interface: one authenticated stream per sandbox, reconnecting on loss.
 
 `next()` asks the gateway for work at most once at a time (an outstanding Next survives a reconnect, because the
-runtime is still waiting for it). Invocations arrive on the stream and wait in an inbox until the runtime takes
-them. Results sent while the gateway is unreachable are dropped: their caller's connection died with it.
+runtime is still waiting for it). Invocations arrive on the stream and are handed to the runtime waiting in /next.
+One asked for ahead of the runtime (`and_next`, which saves a round trip) waits at most `DECLINE_AFTER` for the
+runtime to come back to /next; otherwise it is declined, so the gateway gives it to an instance that is free —
+Lambda hands work only to a runtime that asked. Results sent while the gateway is unreachable are dropped: their
+caller's connection died with it. Writes on the stream are serialised: gRPC allows one outstanding write per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +25,8 @@ from ..rpc import runtime_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)  # then 2 s forever
+# awslambdaric is back in /next within a millisecond of /response; a runtime this late is busy with something else.
+DECLINE_AFTER = 0.1
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,10 @@ class Session:
         self._identity = identity
         self._on_stop = on_stop
         self._call: aio.StreamStreamCall | None = None
+        self._write_lock = asyncio.Lock()
         self._connected = asyncio.Event()
-        self._inbox: asyncio.Queue[pb.Invocation | None] = asyncio.Queue()  # None: closed
+        self._inbox: deque[pb.Invocation] = deque()  # arrived while no runtime was waiting in /next
+        self._waiter: asyncio.Future[pb.Invocation] | None = None  # the runtime's /next
         self._next_outstanding = False
         self._closed = False
         self.failure: BaseException | None = None
@@ -67,13 +75,14 @@ class Session:
             self._call = call
             try:
                 if self._next_outstanding:
-                    await call.write(pb.AgentMessage(next=pb.Next()))
+                    await self._write(call, pb.AgentMessage(next=pb.Next()))
                 self._connected.set()
                 async for message in call:
                     attempt = 0
                     self._dispatch(message)
                     if message.HasField("stop"):
-                        await call.done_writing()  # half-close: the gateway sees the stream end cleanly
+                        async with self._write_lock:
+                            await call.done_writing()  # half-close: the gateway sees the stream end cleanly
                         return
             except aio.AioRpcError as exc:
                 if exc.code() in FATAL_CODES:
@@ -96,31 +105,55 @@ class Session:
         kind = message.WhichOneof("kind")
         if kind == "invocation":
             self._next_outstanding = False
-            self._inbox.put_nowait(message.invocation)
+            invocation = message.invocation
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(invocation)
+                return
+            self._inbox.append(invocation)
+            asyncio.get_running_loop().call_later(DECLINE_AFTER, self._decline_if_unclaimed, invocation)
         elif kind == "stop":
             self._closed = True
+            self._wake_closed()
             self._on_stop(message.stop.reason or "stopped by the gateway")
+
+    def _decline_if_unclaimed(self, invocation: pb.Invocation) -> None:
+        if invocation not in self._inbox or self._closed:
+            return
+        self._inbox.remove(invocation)
+        log.info(
+            "runtime of %s did not ask for %s in time: declined", self._identity.instance_id, invocation.request_id
+        )
+        message = pb.AgentMessage(decline=pb.Decline(request_id=invocation.request_id))
+        asyncio.get_running_loop().create_task(self._send(message))
+
+    def _wake_closed(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(SessionClosed())
 
     async def next(self) -> pb.Invocation:
         """The next invocation for this sandbox; asks the gateway only if no request is already outstanding."""
-        if self._inbox.empty() and not self._next_outstanding:
-            self._next_outstanding = True
-            await self._send(pb.AgentMessage(next=pb.Next()))
-        invocation = await self._inbox.get()
-        if invocation is None:
-            self._inbox.put_nowait(None)  # every later caller learns it too
+        if self._closed:
             raise SessionClosed()
-        return invocation
+        if self._inbox:
+            return self._inbox.popleft()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            if not self._next_outstanding:
+                self._next_outstanding = True
+                await self._send(pb.AgentMessage(next=pb.Next()))
+            return await self._waiter
+        finally:
+            self._waiter = None
 
     async def send_result(self, message: pb.AgentMessage, *, and_next: bool = False) -> None:
         """Send a Response, Error or InitError; with `and_next`, ask for the next invocation in the same message."""
-        if and_next and not self._next_outstanding and self._inbox.empty():
+        if and_next and not self._next_outstanding and not self._inbox:
             kind = message.WhichOneof("kind")
             if kind == "response":
                 message.response.and_next = True
             elif kind == "error":
                 message.error.and_next = True
-            self._next_outstanding = message.WhichOneof("kind") in ("response", "error")
+            self._next_outstanding = kind in ("response", "error")
         await self._send(message)
 
     async def _send(self, message: pb.AgentMessage) -> None:
@@ -129,16 +162,21 @@ class Session:
             # Not connected: a Next is re-sent on reconnect; a result has nobody left to read it.
             return
         try:
-            await call.write(message)
+            await self._write(call, message)
         except (aio.AioRpcError, asyncio.InvalidStateError) as exc:
             log.info("could not send to the gateway: %s", exc)
 
+    async def _write(self, call: aio.StreamStreamCall, message: pb.AgentMessage) -> None:
+        async with self._write_lock:
+            await call.write(message)
+
     async def close(self) -> None:
         self._closed = True
-        self._inbox.put_nowait(None)
+        self._wake_closed()
         call = self._call
         if call is not None:
             try:
-                await call.done_writing()
+                async with self._write_lock:
+                    await call.done_writing()
             except (aio.AioRpcError, asyncio.InvalidStateError):
                 call.cancel()

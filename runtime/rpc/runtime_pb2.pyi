@@ -79,17 +79,25 @@ class InitError(_message.Message):
     payload: bytes
     def __init__(self, error_type: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
+class Decline(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
-    __slots__ = ("next", "response", "error", "init_error")
+    __slots__ = ("next", "response", "error", "init_error", "decline")
     NEXT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     INIT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_FIELD_NUMBER: _ClassVar[int]
     next: Next
     response: Response
     error: Error
     init_error: InitError
-    def __init__(self, next: _Optional[_Union[Next, _Mapping]] = ..., response: _Optional[_Union[Response, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., init_error: _Optional[_Union[InitError, _Mapping]] = ...) -> None: ...
+    decline: Decline
+    def __init__(self, next: _Optional[_Union[Next, _Mapping]] = ..., response: _Optional[_Union[Response, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., init_error: _Optional[_Union[InitError, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ...) -> None: ...
 
 class Stop(_message.Message):
     __slots__ = ("reason",)

@@ -63,3 +63,16 @@ def test_an_instance_that_never_connects_is_withdrawn_after_the_idle_window() ->
         "pending-1",
     )
     assert decide(State(active=1, connected=0, starting=1, idle_since=starting), Policy(idle_seconds=5), NOW).stop == ()
+
+
+def test_stalled_instances_are_not_capacity() -> None:
+    """An instance that gave work back (its runtime never came to /next) must not stop the scaler starting one."""
+    state = State(active=1, connected=1, starting=0, stalled_since=(("s", NOW),))
+    assert decide(state, Policy(), NOW).start == 1
+    assert decide(State(active=1, connected=1, starting=0), Policy(), NOW).start == 0
+
+
+def test_stalled_instances_are_stopped_after_the_idle_window_only() -> None:
+    state = State(active=0, connected=1, starting=0, stalled_since=(("s", NOW),))
+    assert decide(state, Policy(idle_seconds=10), NOW + 9.9).stop == ()
+    assert decide(state, Policy(idle_seconds=10), NOW + 10).stop == ("s",)
