@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,8 @@ from typing import Any
 import yaml
 
 from .specs import Code, FunctionSpec, SpecError, parse_function
+
+log = logging.getLogger(__name__)
 
 
 class ManifestError(Exception):
@@ -80,22 +83,35 @@ def code_sha256(files: Mapping[str, bytes]) -> str:
     return base64.b64encode(digest.digest()).decode()
 
 
+def _files_in(directory: Path) -> dict[str, bytes]:
+    return {f.relative_to(directory).as_posix(): f.read_bytes() for f in sorted(directory.rglob("*")) if f.is_file()}
+
+
 def materialise(files: Mapping[str, bytes], cache_dir: Path) -> tuple[Path, str]:
-    """Write the files once into a content-addressed directory; returns (directory, CodeSha256)."""
+    """Write the files once into a content-addressed directory; returns (directory, CodeSha256).
+
+    A directory already there is used only if it still hashes to its name: the cache outlives the gateway, and
+    code that changed on disk (tampered with, or half-written by a crash) must never run under the old digest.
+    """
     sha = code_sha256(files)
     target = cache_dir / hashlib.sha256(sha.encode()).hexdigest()[:32]
     if target.is_dir():
-        return target, sha
+        if code_sha256(_files_in(target)) == sha:
+            return target, sha
+        log.warning("cached code %s does not match its digest: writing it again", target)
+        shutil.rmtree(target)
     staging = cache_dir / f".staging-{os.getpid()}-{target.name}"
     shutil.rmtree(staging, ignore_errors=True)
     for name, data in files.items():
         dest = staging / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         dest.write_bytes(data)
-        # A custom runtime's entry point must be executable; so must anything the author shipped as a script.
-        if name == "bootstrap" or data.startswith(b"#!"):
-            dest.chmod(0o755)
+        # Readable by a sandbox's own uid whatever the umask; a custom runtime's entry point must be executable,
+        # and so must anything the author shipped as a script.
+        dest.chmod(0o755 if name == "bootstrap" or data.startswith(b"#!") else 0o644)
     staging.mkdir(parents=True, exist_ok=True)
+    for directory in [staging, *(d for d in staging.rglob("*") if d.is_dir())]:
+        directory.chmod(0o755)
     try:
         staging.rename(target)
     except OSError:  # another gateway materialised the same code first

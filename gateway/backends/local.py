@@ -29,6 +29,7 @@ class LocalSettings:
     region: str = "us-east-1"
     use_cgroups: bool = True
     python: str = sys.executable
+    isolation: str = "auto"  # of sandboxes from each other and from the platform: auto | bwrap | none
 
 
 class LocalBackend:
@@ -56,6 +57,8 @@ class LocalBackend:
                 "-m",
                 "kambda.runtime.agent",
                 "--supervise",
+                "--isolation",
+                self._settings.isolation,
                 "--gateway",
                 self._grpc_target,
                 stdin=asyncio.subprocess.PIPE,
@@ -63,9 +66,10 @@ class LocalBackend:
                 limit=16 * 1024 * 1024,
             )
             assert proc.stdout is not None
-            first = await proc.stdout.readline()
-            if json.loads(first or b"{}").get("event") != "ready":
-                raise RuntimeError(f"local agent failed to start: {first!r}")
+            first = json.loads(await proc.stdout.readline() or b"{}")
+            if first.get("event") != "ready":
+                await proc.wait()
+                raise RuntimeError(f"the local agent failed to start: {first.get('message', first)}")
             self._proc = proc
             self._reader = asyncio.create_task(self._read_events(proc))
             return proc

@@ -1,8 +1,12 @@
-"""Memory limits for runtime processes: a cgroup per sandbox where the OS allows it, else an rlimit.
+"""Memory and process limits for runtime processes: cgroups per sandbox where the OS allows it, else an rlimit.
 
 Max Memory Used is always measured: from the cgroup's peak when there is one, else from the process's VmHWM.
-The runtime joins its cgroup itself through a one-line shell wrapper before exec, so no allocation escapes the
+The runtime joins its cgroups itself through a one-line shell wrapper before exec, so no allocation escapes the
 limit and no Python runs between fork and exec (the agent has gRPC threads; preexec_fn would be unsafe).
+
+Every sandbox's cgroups sit under one `kambda-agent-<pid>` parent per agent. An agent killed without cleaning up
+(SIGKILL, OOM) leaves that parent behind; the next agent to start sweeps the parents of agents that are gone,
+killing whatever still runs in them, so neither cgroups nor processes leak across agent deaths.
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+MAX_PROCESSES = 1024  # Lambda's limit of processes and threads per execution environment
+AGENT_PREFIX = "kambda-agent-"
 
 
 @dataclass
@@ -23,14 +30,15 @@ class MemoryLimit:
     """How one sandbox's memory is limited and measured."""
 
     limit_mb: int
-    cgroup: Path | None = None
+    cgroup: Path | None = None  # the memory cgroup
     cgroup_v2: bool = False
+    others: tuple[Path, ...] = field(default=())  # further cgroups the runtime joins (pids, on cgroup v1)
 
     def wrap(self, argv: list[str]) -> list[str]:
         """The command that starts `argv` inside this limit."""
         if self.cgroup is not None:
-            procs = self.cgroup / "cgroup.procs"
-            return ["/bin/sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "kambda-runtime", *argv]
+            joins = " && ".join(f'echo $$ > "{group / "cgroup.procs"}"' for group in (self.cgroup, *self.others))
+            return ["/bin/sh", "-c", f'{joins} && exec "$@"', "kambda-runtime", *argv]
         # RLIMIT_DATA bounds heap and private mappings without counting Python's large virtual reservations.
         kib = self.limit_mb * 1024
         return ["/bin/sh", "-c", f'ulimit -d {kib} 2>/dev/null; exec "$@"', "kambda-runtime", *argv]
@@ -54,33 +62,47 @@ class MemoryLimit:
                 (self.cgroup / "memory.max_usage_in_bytes").write_text("0")
 
     def release(self) -> None:
-        if self.cgroup is not None:
-            with contextlib.suppress(OSError):
-                self.cgroup.rmdir()
+        """Remove the sandbox's cgroups (its processes are gone: a cgroup with members cannot be removed)."""
+        for group in (self.cgroup, *self.others):
+            if group is not None:
+                _remove(group)
 
 
 def create(instance_id: str, limit_mb: int, *, use_cgroups: bool = True) -> MemoryLimit:
     if use_cgroups:
-        for candidate, v2 in _cgroup_parents():
-            path = candidate / f"kambda-{instance_id}"
+        for candidate, v2 in _cgroup_parents("memory"):
+            path = candidate / f"{AGENT_PREFIX}{os.getpid()}" / f"sandbox-{instance_id}"
             try:
-                path.mkdir(exist_ok=True)
+                path.mkdir(parents=True, exist_ok=True)
                 limit = str(limit_mb * MIB)
                 if v2:
                     (path / "memory.max").write_text(limit)
                     (path / "memory.swap.max").write_text("0")
-                else:
-                    (path / "memory.limit_in_bytes").write_text(limit)
-                return MemoryLimit(limit_mb, cgroup=path, cgroup_v2=v2)
+                    (path / "pids.max").write_text(str(MAX_PROCESSES))
+                    return MemoryLimit(limit_mb, cgroup=path, cgroup_v2=True)
+                (path / "memory.limit_in_bytes").write_text(limit)
+                return MemoryLimit(limit_mb, cgroup=path, others=_pids_cgroup_v1(instance_id))
             except OSError as exc:
                 log.debug("cgroup %s not usable: %s", path, exc)
-                with contextlib.suppress(OSError):
-                    path.rmdir()
+                _remove(path)
     return MemoryLimit(limit_mb)
 
 
-def _cgroup_parents() -> list[tuple[Path, bool]]:
-    """Where this process may create child memory cgroups: its own cgroup (v2 or v1 memory hierarchy)."""
+def _pids_cgroup_v1(instance_id: str) -> tuple[Path, ...]:
+    for candidate, _ in _cgroup_parents("pids"):
+        path = candidate / f"{AGENT_PREFIX}{os.getpid()}" / f"sandbox-{instance_id}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "pids.max").write_text(str(MAX_PROCESSES))
+            return (path,)
+        except OSError as exc:
+            log.debug("pids cgroup %s not usable: %s", path, exc)
+            _remove(path)
+    return ()
+
+
+def _cgroup_parents(controller: str) -> list[tuple[Path, bool]]:
+    """Where this process may create child cgroups of `controller`: its own cgroup (v2, or the v1 hierarchy)."""
     parents: list[tuple[Path, bool]] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
@@ -90,9 +112,64 @@ def _cgroup_parents() -> list[tuple[Path, bool]]:
         hier, controllers, path = line.split(":", 2)
         if hier == "0" and (CGROUP_ROOT / "cgroup.controllers").exists():
             parents.append((CGROUP_ROOT / path.lstrip("/"), True))
-        elif "memory" in controllers.split(","):
-            parents.append((CGROUP_ROOT / "memory" / path.lstrip("/"), False))
+        elif controller in controllers.split(","):
+            parents.append((CGROUP_ROOT / controller / path.lstrip("/"), False))
     return parents
+
+
+def _remove(group: Path) -> None:
+    with contextlib.suppress(OSError):
+        group.rmdir()
+
+
+def release_agent() -> None:
+    """Remove this agent's (now empty) cgroup parents, at a clean exit."""
+    for controller in ("memory", "pids"):
+        for candidate, _ in _cgroup_parents(controller):
+            _remove(candidate / f"{AGENT_PREFIX}{os.getpid()}")
+
+
+def sweep_dead_agents(*, wait: float = 2.0) -> int:
+    """Kill what still runs in the cgroups of agents that are gone, and remove those cgroups. Returns how many."""
+    swept = 0
+    for controller in ("memory", "pids"):
+        for candidate, _ in _cgroup_parents(controller):
+            with contextlib.suppress(OSError):
+                for parent in candidate.glob(f"{AGENT_PREFIX}*"):
+                    pid = parent.name.removeprefix(AGENT_PREFIX)
+                    if not pid.isdigit() or _alive(int(pid)):
+                        continue
+                    for group in [p for p in parent.iterdir() if p.is_dir()]:
+                        _empty(group, wait)
+                        _remove(group)
+                    _remove(parent)
+                    swept += 1
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _empty(group: Path, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            members = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return
+        if not members or time.monotonic() > deadline:
+            return
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, 9)
+        time.sleep(0.01)
 
 
 def _read(path: str) -> bytes:

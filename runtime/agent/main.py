@@ -25,6 +25,7 @@ from typing import Any
 
 from grpc import aio
 
+from . import isolation, limits
 from .sandbox import Sandbox, SandboxConfig
 from .session import Identity, Session
 
@@ -44,8 +45,9 @@ CHANNEL_OPTIONS = (
 )
 
 
-def config_from_json(data: Mapping[str, Any]) -> SandboxConfig:
+def config_from_json(data: Mapping[str, Any], *, isolation_mode: str = "none") -> SandboxConfig:
     fields = {k: v for k, v in data.items() if k in SandboxConfig.__dataclass_fields__}
+    fields.setdefault("isolation", isolation_mode)
     # In a pod the instance is the pod: its name (HOSTNAME) is the id the gateway sees.
     fields.setdefault("instance_id", os.environ.get("KAMBDA_INSTANCE_ID") or os.environ.get("HOSTNAME", "instance"))
     fields["passthrough_env"] = tuple(fields.get("passthrough_env") or ())
@@ -104,8 +106,22 @@ async def run_single(gateway: str) -> int:
     return 0
 
 
-async def run_supervisor(gateway: str) -> int:
+async def run_supervisor(gateway: str, isolation_mode: str = "auto") -> int:
     loop = asyncio.get_running_loop()
+    try:
+        isolation.detect(isolation_mode)
+    except (isolation.IsolationUnavailable, ValueError) as exc:
+        sys.stdout.write(json.dumps({"event": "fatal", "message": str(exc)}) + "\n")
+        sys.stdout.flush()
+        return 2
+    swept = limits.sweep_dead_agents()
+    if swept:
+        log.info("removed the cgroups of %d agents that had died (and what still ran in them)", swept)
+    # Ctrl-C in `kambda run` reaches the whole process group; the gateway then ends this agent by closing stdin,
+    # after its own shutdown. SIGTERM is a stop of its own: every sandbox is stopped and cleaned up.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    terminated = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, terminated.set)
     reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     sandboxes: dict[str, Sandbox] = {}
@@ -136,13 +152,23 @@ async def run_supervisor(gateway: str) -> int:
         report({"event": "stopped", "instance_id": instance_id})
 
     watchers: set[asyncio.Task[None]] = set()
+    stop_on_term = asyncio.create_task(terminated.wait())
+
+    async def next_command() -> bytes:
+        read = asyncio.create_task(reader.readline())
+        await asyncio.wait((read, stop_on_term), return_when=asyncio.FIRST_COMPLETED)
+        if not read.done():
+            read.cancel()
+            return b""
+        return read.result()
+
     async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
         report({"event": "ready"})
-        while line := await reader.readline():
+        while line := await next_command():
             try:
                 command = json.loads(line)
                 if command["op"] == "start":
-                    config = config_from_json(command["sandbox"])
+                    config = config_from_json(command["sandbox"], isolation_mode=isolation_mode)
                     sink = prefixed_sink(f"[{config.name}:{config.version}] ".encode())
                     sandbox, _, task = await _start_sandbox(channel, config, command["credential"], sink)
                     sandboxes[config.instance_id] = sandbox
@@ -159,6 +185,8 @@ async def run_supervisor(gateway: str) -> int:
                         report({"event": "stopped", "instance_id": json.loads(line)["sandbox"]["instance_id"]})
         await asyncio.gather(*(s.stop() for s in list(sandboxes.values())), return_exceptions=True)
         await asyncio.gather(*watchers, return_exceptions=True)
+    stop_on_term.cancel()
+    limits.release_agent()
     return 0
 
 
@@ -168,9 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kambda agent", description="kambda sandbox agent")
     parser.add_argument("--gateway", default=os.environ.get("KAMBDA_GATEWAY", "127.0.0.1:9090"), help="gRPC host:port")
     parser.add_argument("--supervise", action="store_true", help="host many sandboxes, driven on stdin")
+    parser.add_argument("--isolation", choices=isolation.MODES, default="auto", help="sandboxes (with --supervise)")
     args = parser.parse_args(argv)
     from kambda import logs
 
     logs.configure()
-    runner = run_supervisor if args.supervise else run_single
-    return asyncio.run(runner(args.gateway))
+    # Every function's credential is in this process's memory: keep it out of /proc/<pid>/mem and ptrace.
+    isolation.harden_agent()
+    if args.supervise:
+        return asyncio.run(run_supervisor(args.gateway, args.isolation))
+    return asyncio.run(run_single(args.gateway))

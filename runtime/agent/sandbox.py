@@ -12,6 +12,8 @@ only restarted after it has answered an invocation, so a function that cannot in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import sys
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..rpc import runtime_pb2 as pb
-from . import code, limits, logs, reports, runtime_api
+from . import code, isolation, limits, logs, peers, reports, runtime_api
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -46,17 +48,19 @@ class SandboxConfig:
     passthrough_env: tuple[str, ...] = ()  # the agent's own variables (e.g. from Secrets) the runtime also gets
     code_url: str | None = None  # a zip to download into code_dir before the first start
     code_sha256: str | None = None
+    isolation: str = "none"  # auto | bwrap | none (isolation.py); a pod is isolated by Kubernetes
 
     @property
     def name(self) -> str:
         return self.function.split("/", 1)[-1]
 
-    def runtime_argv(self) -> list[str]:
+    def runtime_argv(self, task_root: str | None = None) -> list[str]:
+        """The runtime's command line, with the code at `task_root` (where the runtime sees it)."""
         if self.runtime.startswith(PYTHON_PREFIX):
             return [self.python, "-m", "awslambdaric", self.handler]
-        return [os.path.join(self.code_dir, "bootstrap")]
+        return [os.path.join(task_root or self.code_dir, "bootstrap")]
 
-    def runtime_env(self, api_port: int) -> dict[str, str]:
+    def runtime_env(self, api_port: int, task_root: str | None = None) -> dict[str, str]:
         """The reserved Lambda environment plus the function's own variables (configuration-envvars)."""
         stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{self.version}]{self.instance_id}"
         env = {
@@ -67,8 +71,8 @@ class SandboxConfig:
             **{name: os.environ[name] for name in self.passthrough_env if name in os.environ},
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api_port}",
             "_HANDLER": self.handler,
-            "LAMBDA_TASK_ROOT": self.code_dir,
-            "LAMBDA_RUNTIME_DIR": os.path.dirname(self.runtime_argv()[0]),
+            "LAMBDA_TASK_ROOT": task_root or self.code_dir,
+            "LAMBDA_RUNTIME_DIR": os.path.dirname(self.runtime_argv(task_root)[0]),
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_LAMBDA_FUNCTION_NAME": self.name,
@@ -91,13 +95,21 @@ class _InFlight:
     timer: asyncio.TimerHandle | None = None
 
 
+@functools.cache
+def _isolation(mode: str) -> isolation.Isolation:
+    return isolation.detect(mode)  # once per agent: it looks for binaries and may warn
+
+
 class Sandbox(runtime_api.RuntimeHost):
     def __init__(self, config: SandboxConfig, session: Session, sink: logs.Sink) -> None:
         self.config = config
         self._session = session
         self._sink = sink
+        self._isolation = _isolation(config.isolation)
+        self._uid = isolation.lease_uid() if self._isolation.own_uid else None
+        self._task_root = isolation.TASK_ROOT if self._isolation.enabled else config.code_dir
         self._memory = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
-        self._api = runtime_api.RuntimeAPIServer(self)
+        self._api = runtime_api.RuntimeAPIServer(self, admit=self._admit)
         self._port = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._capture: logs.LogCapture | None = None
@@ -134,17 +146,37 @@ class Sandbox(runtime_api.RuntimeHost):
         await self._api.close()
         if self._capture is not None:
             self._capture.close()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
         self._memory.release()
+        if self._uid is not None:
+            self._uid.release()  # only now: nothing of this sandbox runs as that uid any more
         self.stopped.set()
+
+    def _admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Serve the Runtime API only to the sandbox's own processes (when it has a uid of its own)."""
+        if self._uid is None:
+            return True
+        sock = transport.get_extra_info("socket")
+        return sock is not None and peers.peer_uid(sock) == self._uid.uid
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         read_fd, write_fd = os.pipe()
         self._memory.reset_peak()
         try:
+            argv = isolation.sandbox_argv(
+                self.config.runtime_argv(self._task_root),
+                self._isolation,
+                code_dir=self.config.code_dir,
+                uid=self._uid.uid if self._uid is not None else None,
+                read_only=isolation.python_roots(self.config.python),
+            )
             proc = await asyncio.create_subprocess_exec(
-                *self._memory.wrap(self.config.runtime_argv()),
+                *self._memory.wrap(argv),
                 cwd=self.config.code_dir,
-                env=self.config.runtime_env(self._port),
+                env=self.config.runtime_env(self._port, self._task_root),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
@@ -165,7 +197,7 @@ class Sandbox(runtime_api.RuntimeHost):
         """Start the runtime, and after every exit decide what the exit means and start it again."""
         while not self._stopping:
             self._proc = proc = await self._spawn()
-            returncode = await proc.wait()
+            returncode = isolation.exit_status(await proc.wait(), self._isolation)
             if self._stopping:
                 return
             if self._capture is not None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Gateway, NatsServer, wait_until
+from tests.workdir import WORK_PY, WorkDir, code_file
 
 FUNCTIONS = """
 apiVersion: kambda.dev/v1alpha1
@@ -25,15 +26,16 @@ spec:
   runtime: python3.11
   handler: app.handler
   concurrency: {{reserved: 8}}
-  environment: {{RECORD: "{dir}/recorder.log"}}
+  environment: {{WORK: "{url}"}}
   code:
     files:
+      work.py: |
+{work_py}
       app.py: |
-        import os
+        import work
 
         def handler(event, context):
-            with open(os.environ["RECORD"], "a") as f:
-                f.write(context.aws_request_id + "\\n")
+            work.append("recorder.log", context.aws_request_id + "\\n")
             return {{"recorded": context.aws_request_id}}
 ---
 apiVersion: kambda.dev/v1alpha1
@@ -42,17 +44,19 @@ metadata: {{name: flaky}}
 spec:
   runtime: python3.11
   handler: app.handler
-  environment: {{STATE: "{dir}"}}
+  environment: {{WORK: "{url}"}}
   async: {{onSuccess: success-sink}}
   code:
     files:
+      work.py: |
+{work_py}
       app.py: |
-        import os
+        import work
 
         def handler(event, context):
-            path = os.path.join(os.environ["STATE"], "flaky-" + context.aws_request_id)
-            tries = int(open(path).read()) + 1 if os.path.exists(path) else 1
-            open(path, "w").write(str(tries))
+            name = "flaky-" + context.aws_request_id
+            tries = int(work.read(name) or 0) + 1
+            work.write(name, str(tries))
             if tries < 3:
                 raise RuntimeError(f"attempt {{tries}} fails")
             return {{"attempts": tries}}
@@ -76,18 +80,19 @@ metadata: {{name: fixable}}
 spec:
   runtime: python3.11
   handler: app.handler
-  environment: {{FLAG: "{dir}/broken", RECORD: "{dir}/fixable.log"}}
+  environment: {{WORK: "{url}"}}
   async: {{maxRetryAttempts: 0}}
   code:
     files:
+      work.py: |
+{work_py}
       app.py: |
-        import os
+        import work
 
         def handler(event, context):
-            if os.path.exists(os.environ["FLAG"]):
+            if work.read("broken") is not None:
                 raise RuntimeError("still broken")
-            with open(os.environ["RECORD"], "a") as f:
-                f.write(context.aws_request_id + "\\n")
+            work.append("fixable.log", context.aws_request_id + "\\n")
             return "fixed"
 ---
 apiVersion: kambda.dev/v1alpha1
@@ -125,15 +130,16 @@ metadata: {{name: success-sink}}
 spec:
   runtime: python3.11
   handler: app.handler
-  environment: {{RECORD: "{dir}/success-sink.log"}}
+  environment: {{WORK: "{url}"}}
   code:
     files:
+      work.py: |
+{work_py}
       app.py: |
-        import json, os
+        import json, work
 
         def handler(event, context):
-            with open(os.environ["RECORD"], "a") as f:
-                f.write(json.dumps(event) + "\\n")
+            work.append("success-sink.log", json.dumps(event) + "\\n")
 ---
 apiVersion: kambda.dev/v1alpha1
 kind: Function
@@ -141,15 +147,16 @@ metadata: {{name: failure-sink}}
 spec:
   runtime: python3.11
   handler: app.handler
-  environment: {{RECORD: "{dir}/failure-sink.log"}}
+  environment: {{WORK: "{url}"}}
   code:
     files:
+      work.py: |
+{work_py}
       app.py: |
-        import json, os
+        import json, work
 
         def handler(event, context):
-            with open(os.environ["RECORD"], "a") as f:
-                f.write(json.dumps(event) + "\\n")
+            work.append("failure-sink.log", json.dumps(event) + "\\n")
 """
 FAST_RETRIES = ("--retry-base-delay", "0.2", "--throttle-base-delay", "0.2", "--lease-seconds", "2")
 
@@ -205,25 +212,25 @@ def lambda_client(url: str) -> Any:
     )  # fmt: skip
 
 
-def write_functions(directory: Path, work: Path) -> Path:
+def write_functions(directory: Path, work: WorkDir) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "functions.yaml").write_text(FUNCTIONS.format(dir=work))
+    (directory / "functions.yaml").write_text(FUNCTIONS.format(url=work.url, work_py=code_file(WORK_PY, 8)))
     return directory
 
 
 @pytest.fixture(scope="module", params=["sqlite", "nats"])
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsyncEnv]:
     root = tmp_path_factory.mktemp(f"async-{request.param}")
-    work = root / "work"
-    work.mkdir()
+    work = WorkDir(root / "work")
     functions = write_functions(root / "functions", work)
     nats = NatsServer(root / "nats") if request.param == "nats" else None
     extra = ("--queue", "nats", "--nats-url", nats.url) if nats else ()
     gateway = Gateway(functions, root / "data", *FAST_RETRIES, *extra)
     try:
-        yield AsyncEnv(request.param, gateway, work, lambda_client(gateway.url))
+        yield AsyncEnv(request.param, gateway, work.directory, lambda_client(gateway.url))
     finally:
         gateway.stop()
+        work.stop()
         if nats:
             nats.stop()
     assert gateway.proc.returncode == 0, gateway.logs()

@@ -12,14 +12,14 @@ import pytest
 
 from tests.conftest import Gateway, NatsServer, wait_until
 from tests.integration.test_async import FAST_RETRIES, lambda_client, write_functions
+from tests.workdir import WorkDir
 
 EVENTS = 2000
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "nats"])
 def test_sigkill_loses_no_acknowledged_event(backend: str, tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
-    work = tmp_path / "work"
-    work.mkdir()
+    work = WorkDir(tmp_path / "work")
     functions = write_functions(tmp_path / "functions", work)
     nats = NatsServer(tmp_path / "nats") if backend == "nats" else None
     extra = ("--queue", "nats", "--nats-url", nats.url) if nats else ()
@@ -35,7 +35,7 @@ def test_sigkill_loses_no_acknowledged_event(backend: str, tmp_path: Path, recor
 
         with ThreadPoolExecutor(16) as pool:
             acknowledged = list(pool.map(send, range(EVENTS)))
-        record = work / "recorder.log"
+        record = work.directory / "recorder.log"
         delivered_before = len(record.read_text().splitlines()) if record.exists() else 0
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait()
@@ -56,5 +56,6 @@ def test_sigkill_loses_no_acknowledged_event(backend: str, tmp_path: Path, recor
         print(f"\n[{backend}] {EVENTS} acknowledged, {delivered_before} delivered before SIGKILL, "
               f"0 lost, {duplicates} delivered twice")  # fmt: skip
     finally:
+        work.stop()
         if nats:
             nats.stop()

@@ -21,7 +21,7 @@ def test_forty_parallel_with_reserved_four(lambda_client, gateway: Gateway) -> N
     def call(_: int) -> tuple[str, object]:
         try:
             response = lambda_client.invoke(FunctionName="slow", Payload=b"{}")
-            return "ok", json.loads(response["Payload"].read())["pid"]
+            return "ok", json.loads(response["Payload"].read())["process"]
         except lambda_client.exceptions.TooManyRequestsException as exc:
             return "throttled", exc.response["Reason"]
 

@@ -152,7 +152,7 @@ def test_warm_reuse_then_scale_to_zero_then_cold_start(lambda_client, gateway: G
     first = invoke(lambda_client, "counter", {}, LogType="Tail")
     second = invoke(lambda_client, "counter", {}, LogType="Tail")
     a, b = json.loads(first["Body"]), json.loads(second["Body"])
-    assert b["count"] == a["count"] + 1 and b["pid"] == a["pid"]  # execution context reused
+    assert b["count"] == a["count"] + 1 and b["process"] == a["process"]  # execution context reused
     assert "Init Duration" not in base64.b64decode(second["LogResult"]).decode()
     cold_before = gateway.metric("kambda_cold_starts_total", function="counter")
 
@@ -162,7 +162,7 @@ def test_warm_reuse_then_scale_to_zero_then_cold_start(lambda_client, gateway: G
 
     third = invoke(lambda_client, "counter", {}, LogType="Tail")
     c = json.loads(third["Body"])
-    assert c["count"] == 1 and c["pid"] != b["pid"]
+    assert c["count"] == 1 and c["process"] != b["process"]
     report = base64.b64decode(third["LogResult"]).decode().strip().splitlines()[-1]
     assert re.search(r"Init Duration: [\d.]+ ms", report)
     assert gateway.metric("kambda_cold_starts_total", function="counter") == cold_before + 1
