@@ -29,7 +29,7 @@ def free_port() -> int:
 class Gateway:
     """A `kambda run` subprocess: the whole local platform, exactly as a user starts it."""
 
-    def __init__(self, directory: Path, data_dir: Path, *extra: str) -> None:
+    def __init__(self, directory: Path, data_dir: Path, *extra: str, new_session: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "gateway.log"
@@ -53,6 +53,7 @@ class Gateway:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            start_new_session=new_session,  # its own process group, for tests that signal the whole group
         )
         self.wait_ready()
 

@@ -61,10 +61,12 @@ class MemoryLimit:
             with contextlib.suppress(OSError):
                 (self.cgroup / "memory.max_usage_in_bytes").write_text("0")
 
-    def release(self) -> None:
-        """Remove the sandbox's cgroups (its processes are gone: a cgroup with members cannot be removed)."""
+    def release(self, *, wait: float = 2.0) -> None:
+        """Remove the sandbox's cgroups, first killing anything of the sandbox still in them (a cgroup with members
+        cannot be removed; a runtime's last processes may still be exiting). Blocks for up to `wait`."""
         for group in (self.cgroup, *self.others):
             if group is not None:
+                _empty(group, wait)
                 _remove(group)
 
 

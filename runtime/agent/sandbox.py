@@ -150,7 +150,7 @@ class Sandbox(runtime_api.RuntimeHost):
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5)
-        self._memory.release()
+        await asyncio.to_thread(self._memory.release)
         if self._uid is not None:
             self._uid.release()  # only now: nothing of this sandbox runs as that uid any more
         self.stopped.set()
