@@ -7,7 +7,7 @@ broken stream).
 from __future__ import annotations
 
 from kambda import specs
-from kambda.gateway.dispatching import Dispatcher, Invocation, Pool
+from kambda.gateway.dispatching import Dispatcher, Instance, Invocation, Pool
 from kambda.gateway.registry import FunctionVersion
 from kambda.runtime.rpc import runtime_pb2 as pb
 
@@ -94,25 +94,26 @@ async def test_declined_work_goes_first_to_another_instance_and_the_decliner_is_
     assert pool.stalled() == [] and pool.idle == [slow]
 
 
-async def test_a_stale_decline_changes_nothing() -> None:
+async def running(request_id: str) -> tuple[Dispatcher, FunctionVersion, Stream, Instance]:
+    """A dispatcher with one connected instance that is running `request_id`."""
     dispatcher = Dispatcher(on_demand=lambda pool: None)
     fv = version()
     stream = Stream()
     instance = dispatcher.connect(fv, "i", stream.send)
     await dispatcher.ready(instance)
-    await dispatcher.submit(fv, invocation("r1"))
+    await dispatcher.submit(fv, invocation(request_id))
+    return dispatcher, fv, stream, instance
+
+
+async def test_a_stale_decline_changes_nothing() -> None:
+    dispatcher, fv, _, instance = await running("r1")
     await dispatcher.decline(instance, "some-other-request")
     assert instance.busy is not None and instance.busy.request_id == "r1"
     assert dispatcher.pool(fv).stalled() == []
 
 
 async def test_a_stalled_instance_can_be_retired() -> None:
-    dispatcher = Dispatcher(on_demand=lambda pool: None)
-    fv = version()
-    stream = Stream()
-    instance = dispatcher.connect(fv, "i", stream.send)
-    await dispatcher.ready(instance)
-    await dispatcher.submit(fv, invocation("r1"))
+    dispatcher, _, stream, instance = await running("r1")
     await dispatcher.decline(instance, "r1")
     assert await dispatcher.retire(instance, "idle")
     assert stream.written[-1].HasField("stop")
