@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## run: the whole platform locally (gateway, agents, runtimes) serving examples/ on http://127.0.0.1:$(PORT)
+## Sandboxes run under bubblewrap (installed here when run as root; without it they run unisolated, with a warning).
 run: venv
+	@command -v bwrap >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; }
 	$(BIN)/kambda run examples --port $(PORT)
 
 ## test: unit, integration (real gateway, agents, awslambdaric runtimes, NATS) and control-plane tests (a real
@@ -26,7 +29,7 @@ test: venv test-deps
 
 ## test-deps: Debian packages and the Kubernetes binaries the tests start (root; cached after the first time)
 test-deps:
-	@missing=""; for pc in curl:curl nats-server:nats-server etcd:etcd-server openssl:openssl npm:npm unzip:unzip; do \
+	@missing=""; for pc in curl:curl nats-server:nats-server etcd:etcd-server openssl:openssl npm:npm unzip:unzip bwrap:bubblewrap; do \
 	  command -v $${pc%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pc%%:*} ] || missing="$$missing $${pc#*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	bash hack/build-k8s.sh
@@ -38,12 +41,15 @@ lint: venv
 	$(BIN)/mypy
 	@$(MAKE) --no-print-directory proto-check
 
-## bench: latency/throughput against a bare aiohttp server measured in the same run, and cold starts
+## bench: latency/throughput against a bare aiohttp server measured in the same run, cold starts, and a 10-minute
+## soak (leaks, lost or duplicated events, abusive traffic; SOAK_MINUTES to change its length)
+SOAK_MINUTES ?= 10
 bench: venv test-deps
 	$(BIN)/python bench/invoke_bench.py
 	$(BIN)/python bench/async_bench.py
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/k8s_coldstart_bench.py
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 ## proto: regenerate runtime/rpc from runtime/proto/runtime.proto
 proto: venv

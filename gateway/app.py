@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -55,7 +55,10 @@ def open_queue(settings: GatewaySettings) -> EventQueue:
         from .queues.jetstream import JetStreamQueue
 
         return JetStreamQueue(
-            settings.nats_url, lease_seconds=settings.lease_seconds, status_retention=settings.status_retention
+            settings.nats_url,
+            lease_seconds=settings.lease_seconds,
+            status_retention=settings.status_retention,
+            status_max_bytes=settings.status_max_bytes,
         )
     raise ValueError(f"unknown queue backend {settings.queue_backend!r} (sqlite or nats)")
 
@@ -138,22 +141,34 @@ def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, 
 async def _aws_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Unknown routes and unexpected failures still answer in the AWS error shape botocore parses."""
+    """Where every refusal is rendered: handlers raise `errors.AWSError`; unknown routes, wrong methods and
+    unexpected failures answer in the same AWS error shape botocore parses."""
     try:
         return await handler(request)
+    except errors.AWSError as error:
+        return error.response()
     except web.HTTPNotFound:
         return errors.aws_error(404, "UnknownOperationException", f"Unknown operation: {request.method} {request.path}")
+    except web.HTTPMethodNotAllowed as exc:
+        return _wrong_method(request, exc.allowed_methods).response()
     except web.HTTPException:
         raise
     except Exception as exc:
         request.app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        return errors.service_error(f"Internal error: {type(exc).__name__}")
+        return errors.service_error(f"Internal error: {type(exc).__name__}").response()
+
+
+def _wrong_method(request: web.Request, allowed: Iterable[str]) -> errors.AWSError:
+    return errors.AWSError(
+        405,
+        "UnknownOperationException",
+        f"{request.method} is not allowed on {request.path}",
+        headers={"Allow": ", ".join(sorted(allowed))},
+    )
 
 
 async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
-    response = errors.aws_error(405, "UnknownOperationException", f"{request.method} is not allowed on {request.path}")
-    response.headers["Allow"] = "POST"
-    return response
+    raise _wrong_method(request, ["POST"])
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:

@@ -1,5 +1,5 @@
 """HTTP for asynchronous invocations: the status of any async request, the dead-letter queue (list, show, delete,
-redrive), and Lambda's FunctionEventInvokeConfig operations."""
+redrive), and Lambda's FunctionEventInvokeConfig operations. Refusals are raised as `errors.AWSError`."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from typing import Any
 
 from aiohttp import web
 
-from kambda import naming
+from kambda import jsontext, naming
 
 from . import errors
+from .connections import read_body
 from .invoke_configs import InvalidConfig, InvokeConfigs, validate
 from .queueing import EventQueue
 from .registry import NotFound, Registry
 from .settings import GatewaySettings
 
 MAX_PAGE = 1000
+# An event invoke config is a few hundred bytes; this leaves room for long destination ARNs and nothing else.
+MAX_CONFIG_BODY = 64 * 1024
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -58,7 +61,7 @@ class AsyncAPI:
     async def status(self, request: web.Request) -> web.StreamResponse:
         status = await self._queue.status(request.match_info["request_id"])
         if status is None:
-            return errors.aws_error(404, "ResourceNotFoundException", "No such asynchronous invocation")
+            raise errors.resource_not_found("No such asynchronous invocation")
         return _json(status.to_json())
 
     # ---- dead letters ----------------------------------------------------------------------------------------
@@ -67,9 +70,9 @@ class AsyncAPI:
         try:
             limit = int(request.query.get("MaxItems", "100"))
         except ValueError:
-            return errors.invalid_parameter("MaxItems must be an integer")
+            raise errors.invalid_parameter("MaxItems must be an integer") from None
         if not 1 <= limit <= MAX_PAGE:
-            return errors.invalid_parameter(f"MaxItems must be between 1 and {MAX_PAGE}")
+            raise errors.invalid_parameter(f"MaxItems must be between 1 and {MAX_PAGE}")
         page, marker = await self._queue.list_dead(
             request.query.get("FunctionName"), request.query.get("Marker"), limit
         )
@@ -78,17 +81,17 @@ class AsyncAPI:
     async def show_dead(self, request: web.Request) -> web.StreamResponse:
         dead = await self._queue.get_dead(request.match_info["request_id"])
         if dead is None:
-            return errors.aws_error(404, "ResourceNotFoundException", "No such dead letter")
+            raise errors.resource_not_found("No such dead letter")
         return _json(dead.to_json())
 
     async def delete_dead(self, request: web.Request) -> web.StreamResponse:
         if not await self._queue.delete_dead(request.match_info["request_id"]):
-            return errors.aws_error(404, "ResourceNotFoundException", "No such dead letter")
+            raise errors.resource_not_found("No such dead letter")
         return web.Response(status=204)
 
     async def redrive_one(self, request: web.Request) -> web.StreamResponse:
         if not await self._queue.redrive(request.match_info["request_id"], time.time()):
-            return errors.aws_error(404, "ResourceNotFoundException", "No such dead letter")
+            raise errors.resource_not_found("No such dead letter")
         self._on_redrive()
         return _json({"Redriven": 1})
 
@@ -106,16 +109,18 @@ class AsyncAPI:
 
     # ---- FunctionEventInvokeConfig ---------------------------------------------------------------------------
 
-    def _function(self, request: web.Request) -> str | web.Response:
-        """The function named in the path, or the error response to give instead."""
+    def _function(self, request: web.Request) -> str:
+        """The function named in the path (400 if malformed, 404 if unknown)."""
         try:
             ref = naming.parse_function_ref(request.match_info["name"], request.query.get("Qualifier"))
         except naming.InvalidReference as exc:
-            return errors.invalid_parameter(str(exc))
+            raise errors.invalid_parameter(str(exc)) from None
         try:
             self._registry.resolve(naming.FunctionRef(ref.name, None))
         except NotFound:
-            return errors.not_found(naming.function_arn(self._settings.region, self._settings.account_id, ref.name))
+            raise errors.not_found(
+                naming.function_arn(self._settings.region, self._settings.account_id, ref.name)
+            ) from None
         return ref.name
 
     def _config_response(self, name: str, config: dict[str, Any]) -> web.Response:
@@ -126,15 +131,19 @@ class AsyncAPI:
 
     async def _write(self, request: web.Request, merge: bool) -> web.StreamResponse:
         name = self._function(request)
-        if isinstance(name, web.Response):
-            return name
+        raw = await read_body(
+            request,
+            limit=MAX_CONFIG_BODY,
+            timeout=self._settings.body_timeout,
+            too_large=f"Request must be smaller than {MAX_CONFIG_BODY} bytes for the event invoke config operations",
+        )
         try:
-            body = await request.json()
+            body = jsontext.loads(raw)
             if not isinstance(body, dict):
                 raise InvalidConfig("The request body must be a JSON object")
             config = validate(body)
-        except ValueError as exc:  # InvalidConfig, or a body that is not JSON
-            return errors.invalid_parameter(str(exc))
+        except ValueError as exc:  # InvalidConfig, or a body that is not strict JSON (jsontext.InvalidJSON)
+            raise errors.invalid_parameter(str(exc)) from None
         stored = self._configs.update(name, config) if merge else self._configs.put(name, config)
         return self._config_response(name, stored)
 
@@ -146,16 +155,12 @@ class AsyncAPI:
 
     async def get_config(self, request: web.Request) -> web.StreamResponse:
         name = self._function(request)
-        if isinstance(name, web.Response):
-            return name
         config = self._configs.get(name)
         if config is None:
-            return errors.aws_error(404, "ResourceNotFoundException", f"The function {name} has no event invoke config")
+            raise errors.resource_not_found(f"The function {name} has no event invoke config")
         return self._config_response(name, config)
 
     async def delete_config(self, request: web.Request) -> web.StreamResponse:
         name = self._function(request)
-        if isinstance(name, web.Response):
-            return name
         self._configs.delete(name)
         return web.Response(status=204)

@@ -25,6 +25,7 @@ from .invoking import Invoker
 from .metrics import Metrics
 from .queueing import DEAD_LETTERED, RETRYING, SUCCEEDED, DeadLetter, Event, EventQueue, Status
 from .registry import FunctionVersion, NotFound, Registry
+from .retention import Retention
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Deliverer:
         self._configs = configs
         self._settings = settings
         self._timing = retrying.RetryTiming(settings.retry_base_delay, settings.throttle_base_delay)
+        self._retention = Retention(settings.status_retention, settings.status_max_bytes)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, int] = {}  # function -> async deliveries running on this gateway
@@ -97,9 +99,9 @@ class Deliverer:
         while True:
             try:
                 self._metrics.queue_stats = await self._queue.stats()
-                await self._queue.purge(time.time() - self._settings.status_retention)
+                await self._queue.purge(self._retention, time.time())
             except Exception:
-                log.exception("could not read queue statistics")
+                log.exception("could not read queue statistics or purge statuses")
             await asyncio.sleep(STATS_INTERVAL)
 
     # ---- one attempt -----------------------------------------------------------------------------------------

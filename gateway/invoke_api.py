@@ -1,16 +1,14 @@
 """The Lambda Invoke API: `POST /2015-03-31/functions/{FunctionName}/invocations`, as boto3 speaks it.
 
 Validation order follows what a caller can fix: the name, the headers, the function's existence, the payload, then
-capacity. Every refusal is an AWS-shaped error (`errors.py`); a function error is still a 200 with
-`X-Amz-Function-Error`, because that is what Lambda's clients expect.
+capacity. Every refusal is an `errors.AWSError`, raised here and rendered by the app's middleware; a function error
+is still a 200 with `X-Amz-Function-Error`, because that is what Lambda's clients expect.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import json
 import os
 import time
 import uuid
@@ -19,10 +17,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from kambda import naming
+from kambda import jsontext, naming
 
 from . import errors
 from .admission import Admission
+from .connections import read_body
 from .dispatching import Invocation, NoInstance, Outcome
 from .invoking import Invoker
 from .metrics import Metrics
@@ -34,11 +33,6 @@ INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 LOG_TYPES = ("None", "Tail")
 MAX_CLIENT_CONTEXT = 3583
 MAX_HEADERS_BYTES = 16 * 1024
-
-
-class BadRequest(Exception):
-    def __init__(self, response: web.Response) -> None:
-        self.response = response
 
 
 @dataclass(frozen=True)
@@ -81,10 +75,7 @@ class InvokeAPI:
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
-        try:
-            parsed = await self._parse(request)
-        except BadRequest as bad:
-            return bad.response
+        parsed = await self._parse(request)
         if parsed.invocation_type == "DryRun":
             return web.Response(status=204, headers={"x-amzn-RequestId": request_id})
         if parsed.invocation_type == "Event":
@@ -95,7 +86,7 @@ class InvokeAPI:
         """Asynchronous invocation: 202 only once the event is durably queued."""
         limit = self._settings.max_async_payload
         if len(req.payload) > limit:
-            return errors.too_large(
+            raise errors.too_large(
                 f"{len(req.payload)} byte payload is too large for the Event invocation type (limit {limit} bytes)"
             )
         event = Event(
@@ -109,31 +100,29 @@ class InvokeAPI:
         try:
             await self._queue.enqueue(event)
         except Exception as exc:  # nothing was stored: say so, never a 202
-            return errors.service_error(f"Could not queue the event: {type(exc).__name__}: {exc}")
+            raise errors.service_error(f"Could not queue the event: {type(exc).__name__}: {exc}") from exc
         self._metrics.events_enqueued.labels(req.version.spec.name).inc()
         self._on_enqueued()
         return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
 
     async def _parse(self, request: web.Request) -> InvokeRequest:
         if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADERS_BYTES:
-            raise BadRequest(errors.aws_error(431, "RequestHeaderFieldsTooLargeException", "Request headers too large"))
+            raise errors.AWSError(431, "RequestHeaderFieldsTooLargeException", "Request headers too large")
         try:
             ref = naming.parse_function_ref(request.match_info["name"], request.query.get("Qualifier"))
         except naming.InvalidReference as exc:
-            raise BadRequest(errors.invalid_parameter(str(exc))) from None
+            raise errors.invalid_parameter(str(exc)) from None
         invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:
-            raise BadRequest(
-                errors.invalid_parameter(f"X-Amz-Invocation-Type must be one of {', '.join(INVOCATION_TYPES)}")
-            )
+            raise errors.invalid_parameter(f"X-Amz-Invocation-Type must be one of {', '.join(INVOCATION_TYPES)}")
         log_type = request.headers.get("X-Amz-Log-Type", "None")
         if log_type not in LOG_TYPES:
-            raise BadRequest(errors.invalid_parameter("X-Amz-Log-Type must be None or Tail"))
+            raise errors.invalid_parameter("X-Amz-Log-Type must be None or Tail")
         client_context = _client_context(request.headers.get("X-Amz-Client-Context"))
         try:
             version = self._registry.resolve(ref)
         except NotFound:
-            raise BadRequest(errors.not_found(self.arn(ref.name, ref.qualifier))) from None
+            raise errors.not_found(self.arn(ref.name, ref.qualifier)) from None
         payload = await self._read_payload(request, invocation_type)
         return InvokeRequest(
             version=version,
@@ -154,22 +143,13 @@ class InvokeAPI:
         else:
             limit = self._settings.max_sync_payload
             message = f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
-        if request.content_length is not None and request.content_length > limit:
-            raise BadRequest(errors.too_large(message))
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(errors.too_large(message)) from None
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise BadRequest(errors.invalid_content(f"Could not read the request body: {exc}")) from None
-        if len(body) > limit:
-            raise BadRequest(errors.too_large(message))
+        body = await read_body(request, limit=limit, timeout=self._settings.body_timeout, too_large=message)
         if not body.strip():
             return b"{}"  # boto3 sends an empty body for no payload; Lambda hands the handler {}
         try:
-            json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(errors.invalid_content(f"Could not parse request body into json: {exc}")) from None
+            jsontext.loads(body)
+        except jsontext.InvalidJSON as exc:
+            raise errors.invalid_content(f"Could not parse request body into json: {exc}") from None
         return body
 
     async def run_sync(self, req: InvokeRequest, request_id: str) -> web.StreamResponse:
@@ -178,13 +158,13 @@ class InvokeAPI:
         reason = self._admission.try_acquire(function, spec.concurrency.reserved)
         if reason is not None:
             self._metrics.throttles.labels(spec.name, reason).inc()
-            return errors.throttled(reason)
+            raise errors.throttled(reason)
         try:
             outcome = await self.execute(req, request_id)
         finally:
             self._admission.release(function)
         if outcome is None:
-            return errors.aws_error(
+            raise errors.AWSError(
                 502,
                 "ResourceNotReadyException",
                 f"No instance of {spec.name} became ready within {self._settings.queue_timeout:g} seconds",
@@ -219,11 +199,11 @@ def _client_context(header: str | None) -> str:
     if not header:
         return ""
     if len(header) > MAX_CLIENT_CONTEXT:
-        raise BadRequest(errors.invalid_content(f"Client context must be at most {MAX_CLIENT_CONTEXT} bytes"))
+        raise errors.invalid_content(f"Client context must be at most {MAX_CLIENT_CONTEXT} bytes")
     try:
-        decoded = base64.b64decode(header, validate=True).decode()
-        if not isinstance(json.loads(decoded), dict):
+        raw = base64.b64decode(header, validate=True)
+        if not isinstance(jsontext.loads(raw), dict):
             raise ValueError("not an object")
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise BadRequest(errors.invalid_content("Client context must be a valid Base64-encoded JSON object.")) from None
-    return decoded
+    except (binascii.Error, ValueError):  # jsontext.InvalidJSON is a ValueError
+        raise errors.invalid_content("Client context must be a valid Base64-encoded JSON object.") from None
+    return jsontext.decode(raw)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import IO
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from kambda import credentials, logs, manifests, naming
 
+from . import connections
 from .app import ENDPOINTS, create_app
 from .backends import Backend
 from .backends.local import LocalBackend, LocalSettings
@@ -20,6 +25,11 @@ from .registry import FunctionVersion, Registry
 from .settings import GatewaySettings
 
 log = logging.getLogger("kambda.gateway")
+
+# Connections waiting to be accepted: a burst of clients must not overflow the kernel's queue (SYNs are then
+# retried after a second, which looks like a slow gateway); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+LINGERING_TIME = 10.0  # aiohttp's default
 
 
 def load_local_registry(directory: Path, settings: GatewaySettings) -> Registry:
@@ -33,42 +43,150 @@ def load_local_registry(directory: Path, settings: GatewaySettings) -> Registry:
     return registry
 
 
-async def serve(settings: GatewaySettings, registry: Registry, backend: Backend, signing_key: bytes) -> None:
-    app = create_app(settings, registry, backend, signing_key)
-    # Headers up to 1 MiB reach our handler, which answers oversized ones in the AWS error shape instead of
-    # letting the HTTP parser reply with a bare 400.
-    runner = web.AppRunner(
-        app, access_log=None, max_field_size=MAX_HEADERS_BYTES * 64, max_line_size=MAX_HEADERS_BYTES * 64
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    names = ", ".join(sorted(fv.spec.name for fv in registry.functions())) or "none"
-    print(
-        f"kambda gateway on http://{settings.host}:{settings.port} "
-        f"(runtime interface {settings.grpc_host}:{app[ENDPOINTS].grpc_port}); functions: {names}",
-        flush=True,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+class StartError(Exception):
+    """The gateway cannot start (its port is taken, its data directory is in use): one line for the user."""
+
+
+def lock_data_dir(path: Path) -> IO[str]:
+    """Hold an exclusive lock on `path` (created 0700) for as long as the returned file stays open.
+
+    Two gateways on one data directory would share the SQLite queue and the invoke-config file, each believing it
+    owns them; the second one is refused instead. The lock dies with the process, so a crash never leaves it stale.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = open(os.open(path / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")  # noqa: SIM115 (held open)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise StartError(
+            f"the data directory {path} is in use by another gateway (pid {holder}); give each its own --data-dir"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def connection_limits(settings: GatewaySettings) -> connections.Limits:
+    # Connections are file descriptors: raise the soft limit as far as allowed, and stay below it.
+    open_files = connections.raise_open_file_limit()
+    max_connections = connections.connection_limit(settings.max_connections, open_files)
+    if max_connections < settings.max_connections:
+        log.warning(
+            "at most %d connections (not %d): the open-file limit is %d",
+            max_connections,
+            settings.max_connections,
+            open_files,
+        )
+    return connections.Limits(
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        idle_timeout=settings.idle_timeout,
+        max_connections=max_connections,
+        # A body its handler did not read is drained (so that the client can read our answer) for at most this.
+        drain=min(LINGERING_TIME, settings.body_timeout),
+    )
+
+
+async def serve(settings: GatewaySettings, registry: Registry, backend: Backend, signing_key: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    limits = connection_limits(settings)
+    guard = connections.Guard(limits)
+    # Bind before anything else starts (gRPC server, agents, queue), so that a taken port fails at once and leaves
+    # nothing behind; connections are accepted only once the app is ready.
+    try:
+        listener = await loop.create_server(
+            guard.protocol, settings.host, settings.port, backlog=LISTEN_BACKLOG, start_serving=False
+        )
+    except OSError as exc:  # asyncio rewords the error ("error while attempting to bind..."): say it plainly
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
+    app = create_app(settings, registry, backend, signing_key)
+    runner = web.AppRunner(
+        app,
+        # Headers up to 1 MiB reach our handler, which answers oversized ones in the AWS error shape instead of
+        # letting the HTTP parser reply with a bare 400.
+        max_field_size=MAX_HEADERS_BYTES * 64,
+        max_line_size=MAX_HEADERS_BYTES * 64,
+        # The guard's hook for "response written"; nothing is written to an access log.
+        access_log=logging.getLogger("aiohttp.access"),
+        access_log_class=guard.access_log_class(),
+        # The guard closes idle connections; aiohttp's own keep-alive timer (which also runs from the connection's
+        # start) is only a backstop that must never fire first, or a half-received head would get no 408.
+        keepalive_timeout=max(limits.idle_timeout, limits.header_timeout) + 2 * limits.tick,
+        lingering_time=limits.drain,
+        # Bodies are decoded by connections.read_body, bounded while decompressing, with AWS-shaped errors.
+        auto_decompress=False,
+        # guard.shutdown has already let in-flight requests finish; what is left is closed.
+        shutdown_timeout=1.0,
+    )
+    sweeper: asyncio.Task[None] | None = None
+    try:
+        try:
+            await runner.setup()
+        except OSError as exc:  # the runtime interface's port (rpc.start_server says which)
+            raise StartError(exc.strerror or str(exc)) from None
+        assert runner.server is not None
+        guard.attach(runner.server)
+        sweeper = asyncio.create_task(guard.run(), name="connection-guard")
+        await listener.start_serving()
+        port = listener.sockets[0].getsockname()[1]
+        names = ", ".join(sorted(fv.spec.name for fv in registry.functions())) or "none"
+        print(
+            f"kambda gateway on http://{settings.host}:{port} "
+            f"(runtime interface {settings.grpc_host}:{app[ENDPOINTS].grpc_port}); functions: {names}",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        listener.close()
+        log.info("stopping: %d connections open, in-flight requests get %g s", len(guard), settings.shutdown_grace)
+        await guard.shutdown(settings.shutdown_grace)
     finally:
+        listener.close()
+        if sweeper is not None:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
         await runner.cleanup()
 
 
+def _configure_logs() -> None:
+    # A malformed request, or a client that went away mid-request (aiohttp then fails writing e.g. its
+    # "100 Continue"), is the client's doing: one INFO line each (rate-limited), not a traceback.
+    client_faults = (HttpProcessingError, web.RequestPayloadError, ConnectionError)
+    logs.configure(filters=[logs.OneLine("aiohttp.server", client_faults)])
+
+
 def run_local(directory: Path, settings: GatewaySettings) -> int:
-    logs.configure()
+    _configure_logs()
+    try:
+        lock = lock_data_dir(settings.data_dir)
+    except StartError as exc:
+        print(f"kambda: {exc}", file=sys.stderr)
+        return 1
     try:
         registry = load_local_registry(directory, settings)
     except manifests.ManifestError as exc:
         print(f"kambda: {exc}", file=sys.stderr)
         return 2
     key = credentials.new_signing_key()
-    backend = LocalBackend(LocalSettings(signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups))
-    asyncio.run(serve(settings, registry, backend, key))
+    backend = LocalBackend(
+        LocalSettings(
+            signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups, isolation=settings.isolation
+        )
+    )
+    try:
+        asyncio.run(serve(settings, registry, backend, key))
+    except StartError as exc:
+        print(f"kambda: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lock.close()
     return 0
 
 
@@ -81,7 +199,12 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
     from .backends.kubernetes import KubernetesBackend
     from .watching import Watcher
 
-    logs.configure()
+    _configure_logs()
+    try:
+        lock = lock_data_dir(settings.data_dir)
+    except StartError as exc:
+        print(f"kambda: {exc}", file=sys.stderr)
+        return 1
 
     async def main() -> None:
         await kubeconfig.load()
@@ -96,5 +219,11 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
                 watching.cancel()
                 await asyncio.gather(watching, return_exceptions=True)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StartError as exc:
+        print(f"kambda: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lock.close()
     return 0

@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from .retention import Retention
+
 QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, DEAD_LETTERED = (
     "queued", "running", "retrying", "succeeded", "failed", "dead-lettered",
 )  # fmt: skip
@@ -172,6 +174,10 @@ class EventQueue(Protocol):
 
     async def stats(self) -> QueueStats: ...
 
-    async def purge(self, finished_before: float) -> int:
-        """Forget statuses of events that finished before the given time (result retention)."""
+    async def purge(self, retention: Retention, now: float) -> int:
+        """Forget statuses of finished events past `retention` (age and size, oldest first); run periodically.
+
+        Never touches a waiting or running event or a dead letter. Returns how many statuses it removed itself
+        (a backend whose server enforces the limits returns 0).
+        """
         ...

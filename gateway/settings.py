@@ -35,5 +35,13 @@ class GatewaySettings:
     lease_seconds: float = 30.0  # JetStream: an event a dead gateway held is redelivered after this
     max_async_inflight: int = 64  # events being delivered at once by this gateway
     status_retention: float = 24 * 3600.0  # how long finished invocations' statuses and results are kept
+    status_max_bytes: int = 256 * 1024 * 1024  # and how much of them at most (the oldest are dropped first)
     scaler_tick: float = 1.0
     use_cgroups: bool = True
+    # Connections (gateway/connections.py): how long each phase of a client connection may last, and how many
+    header_timeout: float = 15.0  # a request head not complete this long after its first byte: 408
+    body_timeout: float = 60.0  # a request body not received this long after its head: 408
+    idle_timeout: float = 75.0  # a keep-alive connection idle this long is closed
+    max_connections: int = 10_000  # beyond it the longest-idle keep-alive one is closed, else 503 (Retry-After: 1)
+    shutdown_grace: float = 20.0  # on SIGTERM, in-flight requests get this long to finish
+    isolation: str = "auto"  # local backend: sandboxes under bubblewrap with a uid each (auto | bwrap | none)

@@ -29,6 +29,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir,
         max_concurrency=args.max_concurrency,
         use_cgroups=not args.no_cgroups,
+        isolation=args.isolation,
         queue_backend=args.queue,
         nats_url=args.nats_url,
         retry_base_delay=args.retry_base_delay,
@@ -37,6 +38,13 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         max_async_payload=args.max_async_payload,
         namespace=args.namespace,
         queue_timeout=args.queue_timeout,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+        shutdown_grace=args.shutdown_grace,
+        status_retention=args.status_retention_hours * 3600,
+        status_max_bytes=int(args.status_max_mb * 1024 * 1024),
     )
 
 
@@ -170,6 +178,8 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="code cache and queues (default ~/.local/share/kambda)")
     parser.add_argument("--max-concurrency", type=int, default=1000, help="gateway-wide concurrency limit")
     parser.add_argument("--no-cgroups", action="store_true", help="do not put runtimes into memory cgroups")
+    parser.add_argument("--isolation", choices=("auto", "bwrap", "none"), default="auto",
+                        help="local sandboxes: bubblewrap, a uid each as root (auto: if installed)")  # fmt: skip
     parser.add_argument("--queue", choices=("sqlite", "nats"), default="sqlite", help="async event queue backend")
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222", help="NATS server (with --queue nats)")
     parser.add_argument("--retry-base-delay", type=float, default=60.0, help="seconds before the 1st async retry")
@@ -178,6 +188,19 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-async-payload", type=int, default=1024 * 1024, help="Event payload limit (bytes)")
     parser.add_argument("--namespace", default="default", help="the namespace whose functions are served by name")
     parser.add_argument("--queue-timeout", type=float, default=120.0, help="how long a request waits for an instance")
+    parser.add_argument("--header-timeout", type=float, default=15.0,
+                        help="seconds for a request head to arrive (then 408); silent connections close")  # fmt: skip
+    parser.add_argument("--body-timeout", type=float, default=60.0,
+                        help="seconds for a request body to arrive (then 408), or a response to be read")  # fmt: skip
+    parser.add_argument("--idle-timeout", type=float, default=75.0, help="seconds an idle keep-alive connection lives")
+    parser.add_argument("--max-connections", type=int, default=10_000,
+                        help="open client connections at most (kept below the open-file limit)")  # fmt: skip
+    parser.add_argument("--shutdown-grace", type=float, default=20.0,
+                        help="seconds in-flight requests get to finish on SIGTERM")  # fmt: skip
+    parser.add_argument("--status-retention-hours", type=float, default=24.0,
+                        help="how long statuses of finished async invocations are kept")  # fmt: skip
+    parser.add_argument("--status-max-mb", type=float, default=256.0,
+                        help="at most this much of them (MiB); the oldest are dropped first")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,16 +6,17 @@ import re
 from dataclasses import dataclass
 
 LATEST = "$LATEST"
-# botocore's FunctionName pattern, anchored, with the parts we need captured.
+# botocore's FunctionName pattern with the parts we need captured. Patterns here are only ever used with
+# `fullmatch`: `$` would also match before a trailing newline, so `echo\n` would name `echo`.
 _FUNCTION_REF = re.compile(
-    r"^(?:arn:(?:aws[a-zA-Z-]*)?:lambda:)?"
+    r"(?:arn:(?:aws[a-zA-Z-]*)?:lambda:)?"
     r"(?:[a-z]{2}(?:(?:-gov)|(?:-iso(?:[a-z]?)))?-[a-z]+-\d{1}:)?"
     r"(?:\d{12}:)?"
     r"(?:function:)?"
     r"(?P<name>[a-zA-Z0-9-_]{1,64})"
-    r"(?::(?P<qualifier>\$LATEST|[a-zA-Z0-9-_]{1,128}))?$"
+    r"(?::(?P<qualifier>\$LATEST|[a-zA-Z0-9-_]{1,128}))?"
 )
-_QUALIFIER = re.compile(r"^(\$LATEST|[a-zA-Z0-9-_]{1,128})$")
+_QUALIFIER = re.compile(r"\$LATEST|[a-zA-Z0-9-_]{1,128}")
 
 
 class InvalidReference(ValueError):
@@ -32,12 +33,12 @@ def parse_function_ref(function_name: str, qualifier: str | None = None) -> Func
     """Split `name`, `name:qual`, a partial or a full ARN, reconciling it with an explicit `Qualifier`."""
     if len(function_name) > 170:
         raise InvalidReference("FunctionName must be at most 170 characters")
-    match = _FUNCTION_REF.match(function_name)
+    match = _FUNCTION_REF.fullmatch(function_name)
     if not match:
         raise InvalidReference(f"Invalid function name: {function_name!r}")
     derived = match.group("qualifier")
     if qualifier is not None:
-        if not _QUALIFIER.match(qualifier):
+        if not _QUALIFIER.fullmatch(qualifier):
             raise InvalidReference(f"Invalid qualifier: {qualifier!r}")
         if derived is not None and derived != qualifier:
             raise InvalidReference(

@@ -23,11 +23,12 @@ TIMEOUT_SECONDS = (1, 900)
 MAX_RETRY_ATTEMPTS = (0, 2)
 MAX_EVENT_AGE_SECONDS = (60, 21600)
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")
+# Validating patterns are used with `fullmatch` and end in \Z: `$` also matches before a trailing newline.
+NAME_RE = re.compile(r"[a-zA-Z0-9-_]{1,64}\Z")
 # Kubernetes object names are stricter than Lambda's; a Function is both, so it must satisfy both.
-K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-ENV_NAME_RE = re.compile(r"^[a-zA-Z]([a-zA-Z0-9_])*$")
-HANDLER_RE = re.compile(r"^[^\s]{1,128}$")
+K8S_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+ENV_NAME_RE = re.compile(r"[a-zA-Z]([a-zA-Z0-9_])*\Z")
+HANDLER_RE = re.compile(r"[^\s]{1,128}\Z")
 # Lambda reserves these; a function may not override them (configuration-envvars).
 RESERVED_ENV = frozenset(
     {
@@ -193,7 +194,7 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         r.fail("apiVersion", f"must be {API_VERSION}")
     meta = r.mapping(manifest, "metadata", "")
     name = r.string(meta, "name", "metadata", required=True) or ""
-    if name and not (NAME_RE.match(name) and K8S_NAME_RE.match(name)):
+    if name and not (NAME_RE.fullmatch(name) and K8S_NAME_RE.fullmatch(name)):
         r.fail("metadata.name", "must be 1-64 lower-case letters, digits or '-', starting and ending alphanumeric")
     namespace = r.string(meta, "namespace", "metadata") or default_namespace
     spec = r.mapping(manifest, "spec", "")
@@ -204,7 +205,7 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     if runtime and runtime not in RUNTIMES:
         r.fail("spec.runtime", f"must be one of {', '.join(RUNTIMES)}")
     handler = r.string(spec, "handler", "spec", required=runtime in PYTHON_RUNTIMES) or ""
-    if handler and not HANDLER_RE.match(handler):
+    if handler and not HANDLER_RE.fullmatch(handler):
         r.fail("spec.handler", "must be 1-128 characters without white space")
     if runtime in PYTHON_RUNTIMES and handler and "." not in handler:
         r.fail("spec.handler", "must be module.function (e.g. app.handler)")
@@ -284,7 +285,7 @@ def _parse_code(r: _Reader, spec: Mapping[str, Any]) -> Code:
         r.fail("spec.code.url", "must be an http(s) URL")
     if (url is None) != (sha256 is None):
         r.fail("spec.code", "url and sha256 go together")
-    elif sha256 is not None and not re.match(r"^[0-9a-f]{64}$", sha256):
+    elif sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
         r.fail("spec.code.sha256", "must be 64 lower-case hex digits")
     files: dict[str, str] | None = None
     if files_raw is not None:
@@ -314,7 +315,7 @@ def _parse_environment(r: _Reader, spec: Mapping[str, Any]) -> dict[str, str]:
     env: dict[str, str] = {}
     for key, value in r.mapping(spec, "environment", "spec").items():
         path = f"spec.environment.{key}"
-        if not ENV_NAME_RE.match(str(key)):
+        if not ENV_NAME_RE.fullmatch(str(key)):
             r.fail(path, "name must start with a letter and contain only letters, digits and '_'")
         elif key in RESERVED_ENV:
             r.fail(path, "is reserved by the Lambda runtime environment")
@@ -341,7 +342,7 @@ def _parse_secret_environment(r: _Reader, spec: Mapping[str, Any]) -> tuple[Secr
         name = r.string(item, "name", path, required=True)
         secret = r.string(item, "secretName", path, required=True)
         key = r.string(item, "key", path, required=True)
-        if name and (not ENV_NAME_RE.match(name) or name in RESERVED_ENV):
+        if name and (not ENV_NAME_RE.fullmatch(name) or name in RESERVED_ENV):
             r.fail(f"{path}.name", "must be a valid, unreserved environment variable name")
         elif name and secret and key:
             entries.append(SecretEnv(name, secret, key))
@@ -350,7 +351,7 @@ def _parse_secret_environment(r: _Reader, spec: Mapping[str, Any]) -> tuple[Secr
 
 def _destination(r: _Reader, asy: Mapping[str, Any], key: str) -> str | None:
     value = r.string(asy, key, "spec.async")
-    if value is not None and not NAME_RE.match(value):
+    if value is not None and not NAME_RE.fullmatch(value):
         r.fail(f"spec.async.{key}", "must be a function name")
         return None
     return value

@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-WORK_PY = '''\
+WORK_PY = """\
 import os, urllib.error, urllib.request
 
 _URL = os.environ["WORK"]
@@ -38,7 +38,7 @@ def read(name):
         if err.code == 404:
             return None
         raise
-'''
+"""
 
 
 class WorkDir:

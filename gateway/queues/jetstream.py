@@ -5,7 +5,13 @@
   counters included. Rescheduling publishes the updated event and then acknowledges the old message; an event that
   is not due yet is handed back with `nak(delay)`. While an event is delivered its message is kept leased with
   `in_progress()`; a gateway that dies stops doing that, and the event is redelivered after `lease_seconds`.
-- Statuses: a key-value bucket whose TTL is the result retention. Dead letters: a key-value bucket without TTL.
+- Statuses: a key-value bucket whose TTL is the result retention and whose `max_bytes` (discarding the oldest
+  statuses) is its size budget; the server enforces both. The limits are applied to an existing bucket at open and
+  whenever the retention passed to `purge` differs. A status rewritten as its event progresses moves to the end, so
+  what is discarded first are statuses of long-finished events; only a status older than every other one in a full
+  bucket — a `queued` event that waited longer than the bucket's whole turnover — can go while its event still
+  waits (the event itself is safe in the work queue, and its next state writes the status again).
+  Dead letters: a key-value bucket without limits.
 
 The NATS server must accept messages of a few MiB (`max_payload`), as events carry payloads of up to 1 MiB and
 destination records carry the function's response.
@@ -26,6 +32,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
+from .. import retention as limits
 from ..queueing import (
     FAILED,
     QUEUED,
@@ -38,6 +45,7 @@ from ..queueing import (
     decode_event,
     encode,
 )
+from ..retention import Retention
 
 STREAM = "KAMBDA_EVENTS"
 SUBJECT = "kambda.events"
@@ -50,10 +58,17 @@ FETCH_WAIT = 1.0  # a claim waits this long for new events (they arrive at once 
 class JetStreamQueue:
     blocking_claim = True
 
-    def __init__(self, url: str, *, lease_seconds: float = 30.0, status_retention: float = 24 * 3600.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_seconds: float = 30.0,
+        status_retention: float = 24 * 3600.0,
+        status_max_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self._url = url
         self._lease = lease_seconds
-        self._retention = status_retention
+        self._retention = Retention(status_retention, status_max_bytes)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
@@ -89,7 +104,8 @@ class JetStreamQueue:
                 ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self._lease, max_deliver=-1, max_ack_pending=100_000
             ),
         )
-        self._statuses = await self._bucket(STATUS_BUCKET, ttl=self._retention)
+        self._statuses = await self._bucket(STATUS_BUCKET, ttl=self._retention.max_age)
+        await self._limit_statuses(self._retention)
         self._dead = await self._bucket(DEAD_BUCKET, ttl=None)
         self._keeper = asyncio.create_task(self._keep_leases())
 
@@ -98,6 +114,28 @@ class JetStreamQueue:
             return await self.js.key_value(name)
         except NotFoundError:
             return await self.js.create_key_value(bucket=name, ttl=ttl, history=1)
+
+    async def _limit_statuses(self, retention: Retention) -> None:
+        """Give the status bucket's stream the limits of `retention`, if it has others (an older or new bucket)."""
+        stream = f"KV_{STATUS_BUCKET}"
+        config = (await self.js.stream_info(stream)).config
+        current = limits.BucketLimits(
+            max_age=config.max_age or 0.0,
+            max_bytes=config.max_bytes if config.max_bytes is not None else -1,
+            discard_old=config.discard == api.DiscardPolicy.OLD,
+            duplicate_window=config.duplicate_window,
+        )
+        wanted = limits.status_bucket_limits(current, retention)
+        if wanted is not None:
+            await self.js.update_stream(
+                config.evolve(
+                    max_age=wanted.max_age,
+                    max_bytes=wanted.max_bytes,
+                    discard=api.DiscardPolicy.OLD,
+                    duplicate_window=wanted.duplicate_window,
+                )
+            )
+        self._retention = retention
 
     async def close(self) -> None:
         if self._keeper is not None:
@@ -257,5 +295,7 @@ class JetStreamQueue:
         stats.dead_letters = len(await self._dead_keys())
         return stats
 
-    async def purge(self, finished_before: float) -> int:
-        return 0  # the status bucket's TTL is the retention
+    async def purge(self, retention: Retention, now: float) -> int:
+        if retention != self._retention:
+            await self._limit_statuses(retention)
+        return 0  # the server enforces the bucket's limits itself

@@ -6,16 +6,25 @@ Writes happen on the event loop (each is tens of microseconds) with group commit
 `synchronous=FULL` also survives power loss, at the cost of an fsync per commit. One gateway owns the file, so
 leases are kept in memory only: an event being delivered is still `queued` on disk, and whatever a gateway was
 delivering when it died is due again the moment it restarts.
+
+Statuses of finished events are kept within an age and a size (`retention.py`). Their size is kept exact and O(1)
+to read by triggers that maintain one row, `status_usage` (count and estimated bytes of finished rows), in the same
+transactions as the rows themselves: measuring the database instead (page_count) would count waiting events and
+dead letters too, and a `SUM(length(...))` scan at every purge grows with the very data being bounded. A finished
+row drops its payload (a dead letter keeps its own copy), the largest part of most rows. New databases use
+`auto_vacuum=INCREMENTAL`, so trimmed pages can be returned to the file system.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+from .. import retention as limits
 from ..queueing import (
     DEAD_LETTERED,
     FAILED,
@@ -28,6 +37,9 @@ from ..queueing import (
     QueueStats,
     Status,
 )
+from ..retention import Retention
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -66,7 +78,46 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_by_function ON dead_letters (function, request_id);
+CREATE TABLE IF NOT EXISTS status_usage (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    rows INTEGER NOT NULL,  -- finished rows in `events`
+    bytes INTEGER NOT NULL  -- and their estimated size (row_bytes below)
+);
+CREATE TRIGGER IF NOT EXISTS status_usage_insert AFTER INSERT ON events WHEN new.finished_at IS NOT NULL BEGIN
+    UPDATE status_usage SET rows = rows + 1, bytes = bytes + {new} WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS status_usage_update AFTER UPDATE ON events
+WHEN old.finished_at IS NOT NULL OR new.finished_at IS NOT NULL BEGIN
+    UPDATE status_usage SET
+        rows = rows + (new.finished_at IS NOT NULL) - (old.finished_at IS NOT NULL),
+        bytes = bytes + CASE WHEN new.finished_at IS NULL THEN 0 ELSE {new} END
+                      - CASE WHEN old.finished_at IS NULL THEN 0 ELSE {old} END
+    WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS status_usage_delete AFTER DELETE ON events WHEN old.finished_at IS NOT NULL BEGIN
+    UPDATE status_usage SET rows = rows - 1, bytes = bytes - {old} WHERE id = 0;
+END;
 """
+# What one finished row costs on disk, estimated: its variable-length values (the request id twice, as it is also
+# the primary-key index's key) plus what the rest takes — the fixed columns, the record and cell headers, the two
+# index entries, and pages that are never quite full. ROW_OVERHEAD was measured: 10,000 rows with short results
+# fill ~(ROW_OVERHEAD + values) bytes of pages each. Values that overflow a page waste part of their last page,
+# which this does not count; the size bound is an estimate to within that.
+ROW_OVERHEAD = 200
+
+
+def row_bytes(row: str) -> str:
+    """SQL for the estimated size of the `events` row named `row` (`new` or `old` in a trigger)."""
+    values = ["request_id", "request_id", "function", "qualifier", "payload", "trace_id", "state", "result", "error",
+              "error_type", "condition", "executed_version"]  # fmt: skip
+    # CAST AS BLOB: length() of text counts characters, the disk holds bytes; NULL counts 0.
+    return f"({ROW_OVERHEAD} + " + " + ".join(f"ifnull(length(CAST({row}.{v} AS BLOB)), 0)" for v in values) + ")"
+
+
+SCHEMA = SCHEMA.format(new=row_bytes("new"), old=row_bytes("old"))
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is cut back to this after a checkpoint (a big purge can swell it)
+PURGE_CHUNK = 2000  # rows deleted per statement: a purge of many rows yields to the event loop in between
 WAITING = (QUEUED, RETRYING)
 # Spelled out (not bound) so SQLite can use the partial index `events_due`, whose WHERE clause is the same text.
 IS_WAITING = "state IN ('queued', 'retrying')"
@@ -88,6 +139,7 @@ class SQLiteQueue:
         self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[list[tuple[str, tuple[Any, ...]]], asyncio.Future[None]]] = []
         self._leased: set[str] = set()  # request ids being delivered by this gateway
+        self._incremental = False  # whether the file can give freed pages back (auto_vacuum=INCREMENTAL)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -97,11 +149,44 @@ class SQLiteQueue:
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only possible before the first table (or by a VACUUM)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
+        db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         db.executescript(SCHEMA)
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+            await asyncio.to_thread(self._enable_incremental_vacuum, db)
+        with db:
+            db.execute("BEGIN")
+            if db.execute("SELECT 1 FROM status_usage").fetchone() is None:  # a new database, or one from before
+                db.execute(
+                    f"INSERT INTO status_usage SELECT 0, COUNT(*), COALESCE(SUM({row_bytes('e')}), 0) FROM events AS e "
+                    "WHERE finished_at IS NOT NULL"
+                )
+        self._incremental = db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL
         self._db = db
+
+    def _enable_incremental_vacuum(self, db: sqlite3.Connection) -> None:
+        """Switch a database created without auto_vacuum (before retention was bounded) to INCREMENTAL.
+
+        That takes a VACUUM, which rewrites the live data once: done at open, before anything uses the queue, and in
+        a worker thread so the event loop stays responsive. Without it (e.g. no disk space for the copy) everything
+        still works; the file just never shrinks below its high-water mark (freed pages are reused, so it stops
+        growing once the size budget holds).
+        """
+        started, size = time.monotonic(), self._path.stat().st_size
+        try:
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("VACUUM")
+        except sqlite3.Error as exc:
+            log.warning("could not switch %s to incremental vacuum (%s); it will not shrink", self._path, exc)
+            return
+        log.info(
+            "compacted %s once to enable incremental vacuum: %.1f -> %.1f MB in %.1f s",
+            self._path, size / 1e6, self._path.stat().st_size / 1e6, time.monotonic() - started,
+        )  # fmt: skip
 
     async def close(self) -> None:
         if self._pending:
@@ -175,9 +260,11 @@ class SQLiteQueue:
 
     @staticmethod
     def _status_update(event: Event, status: Status, *, finished: bool) -> tuple[str, tuple[Any, ...]]:
+        # A finished row is only a status: nothing reads its payload again (a dead letter has its own copy).
+        payload = "payload = x'', " if finished else ""
         return (
-            "UPDATE events SET state = ?, updated_at = ?, finished_at = ?, not_before = ?, attempts = ?, retries = ?, "
-            "throttles = ?, executed_version = ?, result = ?, error = ?, error_type = ?, condition = ? "
+            f"UPDATE events SET {payload}state = ?, updated_at = ?, finished_at = ?, not_before = ?, attempts = ?, "
+            "retries = ?, throttles = ?, executed_version = ?, result = ?, error = ?, error_type = ?, condition = ? "
             "WHERE request_id = ?",
             (status.state, status.updated_at, status.updated_at if finished else None, event.not_before,
              event.attempts, event.retries, event.throttles, status.executed_version, status.result, status.error,
@@ -269,5 +356,45 @@ class SQLiteQueue:
         stats.dead_letters = self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
         return stats
 
-    async def purge(self, finished_before: float) -> int:
-        return self.db.execute("DELETE FROM events WHERE finished_at < ?", (finished_before,)).rowcount
+    # ---- retention -------------------------------------------------------------------------------------------
+
+    async def purge(self, retention: Retention, now: float) -> int:
+        removed = 0
+        while (n := self._delete_finished("finished_at < ?", (now - retention.max_age,))) > 0:
+            removed += n
+            await asyncio.sleep(0)
+        while (excess := limits.rows_to_drop(*self.usage(), retention.max_bytes)) > 0:
+            # `excess` rows of the average size; measured again after, in case the oldest were smaller.
+            while excess > 0 and (n := self._delete_finished("finished_at IS NOT NULL", (), min(excess, PURGE_CHUNK))):
+                removed, excess = removed + n, excess - n
+                await asyncio.sleep(0)
+            if excess > 0:  # nothing left to delete: the usage row is ahead of the table (cannot happen)
+                break
+        if removed:
+            self._reclaim(retention.max_bytes)
+        return removed
+
+    def usage(self) -> tuple[int, int]:
+        """Finished rows and their estimated bytes (kept by triggers, so reading it costs nothing)."""
+        row = self.db.execute("SELECT rows, bytes FROM status_usage WHERE id = 0").fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def _delete_finished(self, where: str, params: tuple[Any, ...], limit: int = PURGE_CHUNK) -> int:
+        # Oldest first, through the partial index of finished rows; waiting events (finished_at NULL) never match.
+        return self.db.execute(
+            f"DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE {where} ORDER BY finished_at LIMIT ?)",
+            (*params, limit),
+        ).rowcount
+
+    def _reclaim(self, budget: int) -> None:
+        """Give the file system back the pages a purge freed beyond the room the next statuses will fill again."""
+        if not self._incremental:
+            return
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = limits.pages_to_release(free, self.db.execute("PRAGMA page_size").fetchone()[0], budget)
+        if pages:
+            # executescript: the pragma frees one page per step, and execute() steps a statement without result
+            # columns only once.
+            self.db.executescript(f"PRAGMA incremental_vacuum({pages});")
+            # In WAL mode the file shrinks when the truncation is checkpointed; TRUNCATE also empties the WAL.
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

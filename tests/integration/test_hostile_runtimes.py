@@ -279,7 +279,20 @@ def sleepers() -> list[int]:
 
 
 def agent_cgroups(pid: int) -> list[Path]:
-    return [p for p in Path("/sys/fs/cgroup").glob(f"*/**/kambda-agent-{pid}") if p.is_dir()]
+    """The agent's cgroup parents that still exist (the agent is in this test's cgroups, as its gateway is)."""
+    found = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        for controller in ("memory", "pids"):
+            if controller in controllers.split(","):
+                base = Path("/sys/fs/cgroup") / controller / path.lstrip("/")
+            elif hierarchy == "0" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+                base = Path("/sys/fs/cgroup") / path.lstrip("/")
+            else:
+                continue
+            if (base / f"kambda-agent-{pid}").is_dir():
+                found.append(base / f"kambda-agent-{pid}")
+    return found
 
 
 @pytest.mark.parametrize("how", ["agent-sigkill", "agent-sigterm", "group-sigint"])

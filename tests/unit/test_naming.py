@@ -41,3 +41,32 @@ def test_invalid(name: str, qualifier: str | None) -> None:
 def test_arn() -> None:
     assert function_arn("us-east-1", "000000000000", "f") == "arn:aws:lambda:us-east-1:000000000000:function:f"
     assert function_arn("us-east-1", "000000000000", "f", "2").endswith(":function:f:2")
+
+
+@pytest.mark.parametrize(
+    ("name", "qualifier"),
+    [
+        ("echo\n", None),  # `$` would have matched before the newline and invoked `echo`
+        ("echo\x00", None),
+        ("echo:$LATEST\n", None),
+        ("echo:prod\n", None),
+        ("arn:aws:lambda:us-east-1:123456789012:function:echo\n", None),
+        ("\necho", None),
+        ("echo", "$LATEST\n"),
+        ("echo", "prod\n"),
+        ("echo", "\x00"),
+        ("echo", ""),
+    ],
+)
+def test_trailing_and_embedded_control_characters_are_invalid(name: str, qualifier: str | None) -> None:
+    with pytest.raises(InvalidReference):
+        parse_function_ref(name, qualifier)
+
+
+def test_specs_patterns_match_whole_strings() -> None:
+    from kambda import specs
+
+    for pattern, good in ((specs.NAME_RE, "echo"), (specs.K8S_NAME_RE, "echo"), (specs.ENV_NAME_RE, "GREETING"),
+                          (specs.HANDLER_RE, "app.handler")):  # fmt: skip
+        assert pattern.fullmatch(good) and pattern.match(good)
+        assert not pattern.fullmatch(good + "\n") and not pattern.match(good + "\n")
