@@ -28,6 +28,9 @@ SERVER_OPTIONS = (
     # gRPC sets SO_REUSEPORT by default, which let a second process (a function, or a second gateway) bind the same
     # port and receive reconnecting agents and their credentials. One listener per port.
     ("grpc.so_reuseport", 0),
+    # A connection that never completes its HTTP/2 handshake (a stalled or hostile client) is closed after 10 s
+    # instead of gRPC's default 120 s, so stalled connections cannot pile up on the runtime interface port.
+    ("grpc.server_handshake_timeout_ms", 10_000),
 )
 
 

@@ -357,3 +357,41 @@ def test_a_data_directory_in_use_is_refused(slow_gateway: Gateway) -> None:
     assert invoke(slow_gateway.port, 0).status == 200  # the first one is unaffected
     assert re.fullmatch(r"\d+\n", (data_dir / "gateway.lock").read_text())
     assert os.stat(data_dir / "gateway.lock").st_mode & 0o777 == 0o600
+
+
+def test_stalled_connections_to_the_runtime_interface_port_are_closed(slow_gateway: Gateway) -> None:
+    """The gRPC port too: connections that never finish the HTTP/2 handshake are closed (after 10 s, not 120 s)
+    and do not stop agents from being served."""
+    match = re.search(r"runtime interface [\d.]+:(\d+)", slow_gateway.logs())
+    assert match, slow_gateway.logs()
+    grpc_port = int(match.group(1))
+    stalled = []
+    for i in range(300):
+        sock = socket.create_connection(("127.0.0.1", grpc_port), timeout=5)
+        if i % 2:
+            sock.sendall(b"PRI * HTTP/2.0\r\n")  # half of the connection preface, then nothing
+        stalled.append(sock)
+    started = time.monotonic()
+    try:
+        assert all(invoke(slow_gateway.port, i).status == 200 for i in range(8))  # cold start: a new agent stream
+        selector = selectors.DefaultSelector()
+        for sock in stalled:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        open_ = set(stalled)
+        while open_ and time.monotonic() - started < 10 + 2 * MARGIN:
+            for key, _ in selector.select(timeout=0.5):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(65536)
+                except (ConnectionResetError, BlockingIOError):
+                    data = b""
+                if not data:  # closed by the server (a GOAWAY frame may come first)
+                    selector.unregister(sock)
+                    open_.discard(sock)
+        assert not open_, f"{len(open_)} stalled connections to the gRPC port still open"
+        assert time.monotonic() - started >= 9, "closed before the handshake timeout: the check proves nothing"
+    finally:
+        for sock in stalled:
+            sock.close()
