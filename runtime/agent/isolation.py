@@ -150,15 +150,17 @@ def sandbox_argv(
             command += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
         elif os.path.isdir(f"/{link}"):
             command += ["--ro-bind", f"/{link}", f"/{link}"]
-    command += ["--ro-bind", "/etc", "/etc"]
-    extra = [path for path in read_only if os.path.exists(path)]
-    for directory in _ancestors([*extra, TASK_ROOT]):
-        command += ["--perms", "0755", "--dir", directory]
-    for path in extra:
-        command += ["--ro-bind", path, path]
-    command += ["--ro-bind", code_dir, TASK_ROOT, "--proc", "/proc", "--dev", "/dev"]
+    command += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+    # The private /tmp first: what is bound below it (an interpreter installed under /tmp, say) must stay visible.
     command += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     command += ["--size", str(shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
+    extra = [path for path in read_only if os.path.exists(path)]
+    for directory in _ancestors([*extra, TASK_ROOT]):
+        if directory not in ("/tmp", "/dev", "/dev/shm"):  # mounted above, with their own modes
+            command += ["--perms", "0755", "--dir", directory]
+    for path in extra:
+        command += ["--ro-bind", path, path]
+    command += ["--ro-bind", code_dir, TASK_ROOT]
     command += ["--chdir", TASK_ROOT, "--"]
     if uid is not None and isolation.setpriv is not None:
         command += [isolation.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
