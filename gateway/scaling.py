@@ -6,7 +6,8 @@
     stop    = idle instances whose idle window has passed, keeping `desired` (and provisioned) alive; an instance
               still starting counts as idle since it was asked for (a pod that never gets scheduled is withdrawn)
     stalled = instances whose runtime declined work it had not asked for: not capacity (so another is started
-              for the work they gave back), and stopped once stalled for the idle window
+              for the work they gave back) but still instances (the cap counts them); stopped once stalled for
+              the idle window, or at once when the cap leaves no room for the instance their work needs
 
 The scaler loop (`scaler.py`) gathers the state, calls `decide` and applies the result through a backend.
 """
@@ -45,8 +46,9 @@ class Decision:
 def decide(state: State, policy: Policy, now: float) -> Decision:
     cap = max(0, policy.cap)
     desired = min(cap, max(policy.provisioned, math.ceil(state.active / max(1, policy.per_instance))))
-    current = state.connected - len(state.stalled_since) + state.starting
-    start = min(max(0, desired - current), max(0, policy.burst))
+    total = state.connected + state.starting
+    current = total - len(state.stalled_since)
+    start = min(max(0, desired - current), max(0, cap - total), max(0, policy.burst))
     # Idle instances beyond what is needed are kept warm until their idle window passes (execution-context
     # reuse); the oldest idle go first. Starting instances count as alive so a cold start in progress is
     # never mistaken for spare capacity to retire.
@@ -56,5 +58,11 @@ def decide(state: State, policy: Policy, now: float) -> Decision:
         (since, instance_id) for instance_id, since in state.idle_since if now - since >= policy.idle_seconds
     )
     stop = tuple(instance_id for _, instance_id in expired[:removable])
-    stop += tuple(instance_id for instance_id, since in state.stalled_since if now - since >= policy.idle_seconds)
+    stalled = sorted((since, instance_id) for instance_id, since in state.stalled_since)
+    blocked = max(0, desired - current - start)  # needed, but the cap is taken (partly by stalled instances)
+    stop += tuple(
+        instance_id
+        for i, (since, instance_id) in enumerate(stalled)
+        if i < blocked or now - since >= policy.idle_seconds
+    )
     return Decision(desired=desired, start=start, stop=stop)

@@ -25,8 +25,9 @@ from ..rpc import runtime_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)  # then 2 s forever
-# awslambdaric is back in /next within a millisecond of /response; a runtime this late is busy with something else.
-DECLINE_AFTER = 0.1
+# awslambdaric is back in /next within a millisecond of /response (tens of ms on a loaded machine); a runtime this
+# late is busy with something else, and the invocation is better served by another instance.
+DECLINE_AFTER = 0.5
 
 
 @dataclass(frozen=True)

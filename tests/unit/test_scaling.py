@@ -76,3 +76,12 @@ def test_stalled_instances_are_stopped_after_the_idle_window_only() -> None:
     state = State(active=0, connected=1, starting=0, stalled_since=(("s", NOW),))
     assert decide(state, Policy(idle_seconds=10), NOW + 9.9).stop == ()
     assert decide(state, Policy(idle_seconds=10), NOW + 10).stop == ("s",)
+
+
+def test_stalled_instances_still_count_against_the_cap_and_make_room_when_it_is_full() -> None:
+    """Reserved concurrency 3 with one stalled instance: no fourth instance; the stalled one goes instead."""
+    state = State(active=3, connected=3, starting=0, stalled_since=(("s", NOW),))
+    decision = decide(state, Policy(cap=3, idle_seconds=300), NOW)
+    assert decision.start == 0 and decision.stop == ("s",)
+    below_cap = decide(state, Policy(cap=4, idle_seconds=300), NOW)
+    assert below_cap.start == 1 and below_cap.stop == ()
