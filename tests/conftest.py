@@ -71,7 +71,8 @@ class Gateway:
         raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        # Bytes as written: text mode would turn the "\r" awslambdaric puts between a traceback's lines into "\n".
+        return self.log_path.read_bytes().decode(errors="replace")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
