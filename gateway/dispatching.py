@@ -247,6 +247,8 @@ class Dispatcher:
     async def retire(self, instance: Instance, reason: str, *, busy_ok: bool = False) -> bool:
         """Stop an idle instance (scale down). False if it picked up work meanwhile."""
         pool = instance.pool
+        if instance.retired:
+            return False  # already asked to stop (its stream has not ended yet): not again
         if instance in pool.idle:
             pool.idle.remove(instance)
         elif not busy_ok and not (instance.busy is None and instance.stalled_since is not None):

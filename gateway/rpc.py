@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 from grpc import aio
 
-from kambda import credentials
+from kambda import credentials, streams
 from kambda.runtime.rpc import runtime_pb2 as pb
 from kambda.runtime.rpc import runtime_pb2_grpc as pb_grpc
 
@@ -82,20 +82,18 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
 def _serialised_writer(
     context: aio.ServicerContext[pb.AgentMessage, pb.GatewayMessage],
 ) -> Callable[[pb.GatewayMessage], Awaitable[None]]:
-    """Writes to one stream, one at a time (gRPC refuses a second outstanding write with
-    GRPC_CALL_ERROR_TOO_MANY_OPERATIONS). A failed write ends the stream: its instance is gone for the dispatcher,
-    so it must not live on unseen; the agent reconnects and is counted afresh."""
+    """Writes to one stream, one at a time and each to its end (`kambda.streams`). A failed write ends the stream:
+    its instance is gone for the dispatcher, so it must not live on unseen; the agent reconnects and is counted
+    afresh."""
     lock = asyncio.Lock()
     session = asyncio.current_task()
 
+    def end_session(exc: BaseException) -> None:
+        if session is not None:
+            session.cancel()  # at its next await, even if the failed write was its own
+
     async def write(message: pb.GatewayMessage) -> None:
-        async with lock:
-            try:
-                await context.write(message)
-            except BaseException:
-                if session is not None:
-                    session.cancel()  # at its next await, even if the failed write was its own
-                raise
+        await streams.write_whole(lock, lambda: context.write(message), on_failure=end_session)
 
     return write
 

@@ -59,7 +59,7 @@ def decide(state: State, policy: Policy, now: float) -> Decision:
     )
     stop = tuple(instance_id for _, instance_id in expired[:removable])
     stalled = sorted((since, instance_id) for instance_id, since in state.stalled_since)
-    blocked = max(0, desired - current - start)  # needed, but the cap is taken (partly by stalled instances)
+    blocked = max(0, desired - current - max(0, cap - total))  # needed, but the cap is taken (partly by stalled)
     stop += tuple(
         instance_id
         for i, (since, instance_id) in enumerate(stalled)

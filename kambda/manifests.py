@@ -84,7 +84,12 @@ def code_sha256(files: Mapping[str, bytes]) -> str:
 
 
 def _files_in(directory: Path) -> dict[str, bytes]:
-    return {f.relative_to(directory).as_posix(): f.read_bytes() for f in sorted(directory.rglob("*")) if f.is_file()}
+    """A cached code directory's files as `read_code` would list them (bytecode a runtime wrote is not code)."""
+    return {
+        f.relative_to(directory).as_posix(): f.read_bytes()
+        for f in sorted(directory.rglob("*"))
+        if f.is_file() and "__pycache__" not in f.parts
+    }
 
 
 def materialise(files: Mapping[str, bytes], cache_dir: Path) -> tuple[Path, str]:

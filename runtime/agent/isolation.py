@@ -115,7 +115,8 @@ def python_roots(executable: str = sys.executable) -> tuple[str, ...]:
     """The directories the interpreter that runs awslambdaric needs: its installation and its virtualenv."""
     roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
     roots.add(os.path.dirname(os.path.dirname(os.path.realpath(executable))))
-    return tuple(sorted(r for r in roots if not r.startswith("/usr")))
+    # /usr is bound anyway; "/" (an interpreter in /bin without merged /usr) would expose the whole host.
+    return tuple(sorted(r for r in roots if r != "/" and not r.startswith("/usr")))
 
 
 def _ancestors(paths: Iterable[str]) -> list[str]:

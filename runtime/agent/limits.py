@@ -78,6 +78,8 @@ def create(instance_id: str, limit_mb: int, *, use_cgroups: bool = True) -> Memo
                 path.mkdir(parents=True, exist_ok=True)
                 limit = str(limit_mb * MIB)
                 if v2:
+                    # cgroup v2 gives a new level no controllers: delegate memory and pids to the sandboxes.
+                    (path.parent / "cgroup.subtree_control").write_text("+memory +pids")
                     (path / "memory.max").write_text(limit)
                     (path / "memory.swap.max").write_text("0")
                     (path / "pids.max").write_text(str(MAX_PROCESSES))
@@ -87,6 +89,7 @@ def create(instance_id: str, limit_mb: int, *, use_cgroups: bool = True) -> Memo
             except OSError as exc:
                 log.debug("cgroup %s not usable: %s", path, exc)
                 _remove(path)
+        log.warning("no memory cgroup for sandbox %s: memory limited by ulimit -d only", instance_id)
     return MemoryLimit(limit_mb)
 
 

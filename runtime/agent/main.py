@@ -68,7 +68,11 @@ async def _start_sandbox(
     session = Session(channel, identity, on_stop=on_stop)
     sandbox = Sandbox(config, session, sink)
     holder.append(sandbox)
-    await sandbox.start()
+    try:
+        await sandbox.start()
+    except BaseException:
+        await sandbox.stop()  # its uid lease, cgroups and listener
+        raise
     task = asyncio.create_task(session.run(), name=f"session-{config.instance_id}")
     return sandbox, session, task
 

@@ -36,11 +36,13 @@ from .session import SessionClosed
 
 log = logging.getLogger(__name__)
 PREFIX = "/2018-06-01"
+NEXT_PATH = f"{PREFIX}/runtime/invocation/next"
 MAX_PAYLOAD = 6 * 1024 * 1024 + 100  # the Runtime API's limit (RIE interop/model.go)
 MAX_HEADER = 1_100_000  # the request line and headers together; awslambdaric sends up to 1 MiB of X-Ray cause
 # An oversized body is read and discarded up to this, so the runtime (still writing) sees the 413 instead of a reset;
 # beyond it the connection is closed at once.
 MAX_DRAIN = 25 * 1024 * 1024
+HEAD_SLACK = 256 * 1024  # a read may carry the head's end and the body's start together
 MAX_PIPELINED = 8  # requests parsed ahead of the one being served; a runtime client sends one at a time
 MAX_CONNECTIONS = 32  # per sandbox: a runtime needs one or two
 _INVOCATION_PATH = re.compile(rf"{PREFIX}/runtime/invocation/([^/]+)/(response|error)")
@@ -130,7 +132,7 @@ async def handle(host: RuntimeHost, request: Request) -> Response:
     """Route one request to the sandbox (pure of any I/O but the host's)."""
     path = request.path.split("?", 1)[0]
     try:
-        if path == f"{PREFIX}/runtime/invocation/next":
+        if path == NEXT_PATH:
             if request.method != "GET":
                 return _error(405, "MethodNotAllowed", "use GET")
             inv, deadline_ms = await host.next_invocation()
@@ -195,6 +197,11 @@ class _Connection(asyncio.Protocol):
         self._last_byte = now
         self._idle_since: float | None = now
         self._serving = False
+        self._in_next = False  # the request being served waits in /next (only that may be cancelled)
+        # Bytes of the current request head, counted as they arrive: llhttp buffers a header line itself until its
+        # end, so a limit checked per parsed header would let a line that never ends grow without bound.
+        self._in_head = True
+        self._head_bytes = 0
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------------
 
@@ -215,8 +222,13 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()  # e.g. a /next whose runtime died: its invocation goes to the next caller
+        self._cancel_next()  # a /next whose runtime died: its invocation goes to the next caller
+
+    def _cancel_next(self) -> None:
+        """Cancel the request being served if it waits in /next. A result being posted is never cut short: its
+        invocation has already ended, and the report must reach the gateway."""
+        if self._task is not None and not self._task.done() and self._in_next:
+            self._task.cancel()
 
     def eof_received(self) -> bool:
         # A half-closed runtime cannot be relied on to read an invocation: treat it as gone (close our side too).
@@ -226,9 +238,11 @@ class _Connection(asyncio.Protocol):
         if self._closing:
             return
         self._last_byte = self._server.clock()
-        if self._receiving_since is None:
-            self._receiving_since = self._last_byte
-            self._idle_since = None
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEADER + HEAD_SLACK:
+                self._refuse(_error(431, "RequestHeaderFieldsTooLarge", "request headers too large"))
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -255,6 +269,10 @@ class _Connection(asyncio.Protocol):
 
     # ---- llhttp callbacks ------------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self._receiving_since = self._last_byte
+        self._idle_since = None
+
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._count_head(len(url))
@@ -266,6 +284,7 @@ class _Connection(asyncio.Protocol):
         self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         encoding = self._headers.get("transfer-encoding")
         if encoding is not None and encoding.strip().lower() != "chunked":
             # llhttp accepts e.g. "gzip, chunked"; the Runtime API has no use for codings, so say so plainly.
@@ -298,6 +317,8 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._body_size = 0
         self._receiving_since = None
+        self._in_head = True
+        self._head_bytes = 0
 
     def _count_head(self, size: int) -> None:
         self._head_size += size
@@ -310,6 +331,7 @@ class _Connection(asyncio.Protocol):
         while self._requests and not self._closing:
             request = self._requests.popleft()
             self._serving = True
+            self._in_next = request.path.split("?", 1)[0] == NEXT_PATH
             try:
                 response = await handle(self._server.host, request)
             except Exception as exc:  # a bug in the agent: answer (a runtime must never hang on us) and say so
@@ -317,6 +339,7 @@ class _Connection(asyncio.Protocol):
                 response = _error(500, "Runtime.AgentError", f"{type(exc).__name__}: {exc}", close=True)
             finally:
                 self._serving = False
+                self._in_next = False
             if request.headers.get("connection", "").lower() == "close" or request.too_large is not None:
                 response.close = True
             self._reply(response)
@@ -328,8 +351,7 @@ class _Connection(asyncio.Protocol):
     def _refuse(self, response: Response) -> None:
         """A protocol error: nothing after it on this connection can be trusted; answer it and close."""
         self._requests.clear()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._cancel_next()
         response.close = True
         self._reply(response)
 

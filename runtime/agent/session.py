@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 
+from kambda import streams
+
 from ..rpc import runtime_pb2 as pb
 from ..rpc import runtime_pb2_grpc as pb_grpc
 
@@ -97,6 +99,9 @@ class Session:
             finally:
                 self._connected.clear()
                 self._call = None
+                # What arrived on the lost stream was failed by the gateway when the stream ended (and may be run
+                # elsewhere): it must not run here too.
+                self._inbox.clear()
             if self._closed:
                 return
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
@@ -110,12 +115,16 @@ class Session:
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(invocation)
                 return
-            self._inbox.append(invocation)
-            asyncio.get_running_loop().call_later(DECLINE_AFTER, self._decline_if_unclaimed, invocation)
+            self._keep(invocation)
         elif kind == "stop":
             self._closed = True
             self._wake_closed()
             self._on_stop(message.stop.reason or "stopped by the gateway")
+
+    def _keep(self, invocation: pb.Invocation) -> None:
+        """Hold an invocation no runtime is waiting for; decline it unless one asks within DECLINE_AFTER."""
+        self._inbox.appendleft(invocation)
+        asyncio.get_running_loop().call_later(DECLINE_AFTER, self._decline_if_unclaimed, invocation)
 
     def _decline_if_unclaimed(self, invocation: pb.Invocation) -> None:
         if invocation not in self._inbox or self._closed:
@@ -137,12 +146,19 @@ class Session:
             raise SessionClosed()
         if self._inbox:
             return self._inbox.popleft()
-        self._waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[pb.Invocation] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
         try:
             if not self._next_outstanding:
                 self._next_outstanding = True
                 await self._send(pb.AgentMessage(next=pb.Next()))
-            return await self._waiter
+            return await waiter
+        except asyncio.CancelledError:
+            # The runtime went away (its /next was cancelled) just after an invocation was handed to it: keep the
+            # invocation for its successor, or give it back, exactly as if it had arrived a moment later.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._keep(waiter.result())
+            raise
         finally:
             self._waiter = None
 
@@ -168,8 +184,7 @@ class Session:
             log.info("could not send to the gateway: %s", exc)
 
     async def _write(self, call: aio.StreamStreamCall, message: pb.AgentMessage) -> None:
-        async with self._write_lock:
-            await call.write(message)
+        await streams.write_whole(self._write_lock, lambda: call.write(message))
 
     async def close(self) -> None:
         self._closed = True

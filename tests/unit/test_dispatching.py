@@ -117,6 +117,8 @@ async def test_a_stalled_instance_can_be_retired() -> None:
     await dispatcher.decline(instance, "r1")
     assert await dispatcher.retire(instance, "idle")
     assert stream.written[-1].HasField("stop")
+    assert not await dispatcher.retire(instance, "idle")  # until its stream ends, it is not stopped (or counted) twice
+    assert sum(m.HasField("stop") for m in stream.written) == 1
 
 
 def _ok():  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ reach nothing, and the server must go on serving a well-formed client afterwards
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import socket
@@ -34,6 +35,7 @@ class RecordingHost:
         self.work: asyncio.Queue[pb.Invocation] = asyncio.Queue()
         self.next_calls = 0
         self.cancelled_nexts = 0
+        self.post_delay = 0.0  # how long posting a result takes (the sandbox writes it to the gateway)
 
     async def next_invocation(self) -> tuple[pb.Invocation, int]:
         self.next_calls += 1
@@ -46,6 +48,7 @@ class RecordingHost:
     async def post_response(self, request_id: str, body: bytes) -> None:
         if request_id != REQUEST_ID:
             raise runtime_api.UnknownRequest(request_id)
+        await asyncio.sleep(self.post_delay)
         self.responses.append(body)
 
     async def post_error(self, request_id: str, body: bytes, error_type_header: str | None) -> None:
@@ -318,3 +321,59 @@ async def test_a_refused_peer_is_dropped_unserved() -> None:
         assert host.responses == []
     finally:
         await api.close()
+
+
+async def test_a_header_line_that_never_ends_is_refused_while_it_arrives(server) -> None:  # type: ignore[no-untyped-def]
+    """llhttp buffers a header line until its end: a line sent in pieces without CRLF must still hit the limit."""
+    _, host, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST {RESPONSE_PATH} HTTP/1.1\r\nX-Endless: ".encode())
+    block = b"a" * 65536
+    sent = 0
+    refused = False
+    for _ in range(8 * runtime_api.MAX_HEADER // len(block)):
+        try:
+            writer.write(block)
+            await writer.drain()
+        except ConnectionError:
+            refused = True
+            break
+        sent += len(block)
+        await asyncio.sleep(0)
+    answer = b""
+    with contextlib.suppress(ConnectionError):
+        answer = await asyncio.wait_for(reader.read(), 5)
+    # Refused while still writing: the 431 may be lost to the reset that follows, but the connection is cut near
+    # the limit (socket buffers aside), not after the 8 MiB the loop would send.
+    assert refused or answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert sent < runtime_api.MAX_HEADER + runtime_api.HEAD_SLACK + 4 * 1024 * 1024
+    writer.close()
+    await assert_still_serves(port, host)
+
+
+async def test_a_result_posted_just_before_the_runtime_goes_away_still_arrives(server) -> None:  # type: ignore[no-untyped-def]
+    """Closing the connection right after a /response once cancelled the post half-way: the result was lost."""
+    _, host, port = server
+    host.post_delay = 0.2
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST {RESPONSE_PATH} HTTP/1.1\r\nContent-Length: 4\r\n\r\ndone".encode())
+    await writer.drain()
+    writer.close()
+    deadline = time.monotonic() + 5
+    while host.responses != [b"done"]:
+        assert time.monotonic() < deadline, host.responses
+        await asyncio.sleep(0.02)
+
+
+async def test_a_request_that_starts_in_the_same_read_as_the_previous_one_ends_still_has_a_deadline(server) -> None:  # type: ignore[no-untyped-def]
+    api, _, port = server
+    complete = f"POST {RESPONSE_PATH} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"
+    partial = f"POST {RESPONSE_PATH} HTTP/1.1\r\nContent-Length: 10\r\n\r\nab"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((complete + partial).encode())
+    await writer.drain()
+    started = time.monotonic()
+    raw = await asyncio.wait_for(reader.read(), api.limits.stall + 5)
+    assert raw.count(b"HTTP/1.1 202") == 1 and b"HTTP/1.1 408" in raw
+    assert time.monotonic() - started < api.limits.stall + 2
+    writer.close()

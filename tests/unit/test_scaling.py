@@ -85,3 +85,9 @@ def test_stalled_instances_still_count_against_the_cap_and_make_room_when_it_is_
     assert decision.start == 0 and decision.stop == ("s",)
     below_cap = decide(state, Policy(cap=4, idle_seconds=300), NOW)
     assert below_cap.start == 1 and below_cap.stop == ()
+
+
+def test_stalled_instances_are_not_stopped_when_only_the_burst_holds_starts_back() -> None:
+    state = State(active=5, connected=1, starting=0, stalled_since=(("s", NOW),))
+    decision = decide(state, Policy(cap=100, burst=2, idle_seconds=300), NOW)
+    assert decision.start == 2 and decision.stop == ()
