@@ -9,12 +9,12 @@ It is a small HTTP/1.1 server on asyncio's protocol layer rather than aiohttp: i
 per invocation (/next and /response), and the agent starting in a pod should not spend a quarter of a second
 importing a web framework. Parsing is llhttp (Node.js's parser, through httptools: 7 ms to import and 2 µs a
 request here, against h11's 49 ms and 94 µs), which refuses what RFC 9112 says to refuse: negative or
-overflowing sizes, Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold, bare LF. The runtime is untrusted code and the agent may host
-other functions' sandboxes, so this module adds what a parser does not: header and body limits enforced while
-reading (an endless chunk is never buffered), deadlines for stalled requests and idle connections, a bound on
-connections and on pipelined requests, and a peer check (`admit`) so only the sandbox's own processes are served.
-A runtime that dies or half-closes while waiting on /next has its request cancelled, so the invocation it would
-have received goes to its successor instead.
+overflowing sizes, Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold, bare LF. The runtime
+is untrusted code and the agent may host other functions' sandboxes, so this module adds what a parser does not:
+header and body limits enforced while reading (an endless chunk is never buffered), deadlines for stalled requests
+and idle connections, a bound on connections and on pipelined requests, and a peer check (`admit`) so only the
+sandbox's own processes are served. A runtime that dies or half-closes while waiting on /next has its request
+cancelled, so the invocation it would have received goes to its successor instead.
 """
 
 from __future__ import annotations
