@@ -8,8 +8,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -162,7 +163,8 @@ def _configure_logs() -> None:
     logs.configure(filters=[logs.OneLine("aiohttp.server", client_faults)])
 
 
-def run_local(directory: Path, settings: GatewaySettings) -> int:
+def _serve_holding_data_dir(settings: GatewaySettings, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run `main` while holding the data directory's lock; a start that cannot happen is one line, not a traceback."""
     _configure_logs()
     try:
         lock = lock_data_dir(settings.data_dir)
@@ -170,24 +172,28 @@ def run_local(directory: Path, settings: GatewaySettings) -> int:
         print(f"kambda: {exc}", file=sys.stderr)
         return 1
     try:
-        registry = load_local_registry(directory, settings)
-    except manifests.ManifestError as exc:
-        print(f"kambda: {exc}", file=sys.stderr)
-        return 2
-    key = credentials.new_signing_key()
-    backend = LocalBackend(
-        LocalSettings(
-            signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups, isolation=settings.isolation
-        )
-    )
-    try:
-        asyncio.run(serve(settings, registry, backend, key))
+        asyncio.run(main())
     except StartError as exc:
         print(f"kambda: {exc}", file=sys.stderr)
         return 1
+    except manifests.ManifestError as exc:
+        print(f"kambda: {exc}", file=sys.stderr)
+        return 2
     finally:
         lock.close()
     return 0
+
+
+def run_local(directory: Path, settings: GatewaySettings) -> int:
+    async def main() -> None:
+        registry = load_local_registry(directory, settings)  # writes the code cache: under the lock
+        key = credentials.new_signing_key()
+        local = LocalSettings(
+            signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups, isolation=settings.isolation
+        )
+        await serve(settings, registry, LocalBackend(local), key)
+
+    return _serve_holding_data_dir(settings, main)
 
 
 def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
@@ -198,13 +204,6 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
 
     from .backends.kubernetes import KubernetesBackend
     from .watching import Watcher
-
-    _configure_logs()
-    try:
-        lock = lock_data_dir(settings.data_dir)
-    except StartError as exc:
-        print(f"kambda: {exc}", file=sys.stderr)
-        return 1
 
     async def main() -> None:
         await kubeconfig.load()
@@ -219,11 +218,4 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
                 watching.cancel()
                 await asyncio.gather(watching, return_exceptions=True)
 
-    try:
-        asyncio.run(main())
-    except StartError as exc:
-        print(f"kambda: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        lock.close()
-    return 0
+    return _serve_holding_data_dir(settings, main)
