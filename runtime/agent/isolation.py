@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -59,8 +60,10 @@ class Isolation:
         return self.setpriv is not None
 
 
+@functools.cache
 def detect(mode: str) -> Isolation:
-    """The isolation `mode` (auto, bwrap, none) gives on this host."""
+    """The isolation `mode` (auto, bwrap, none) gives on this host. Decided once per process (it looks for binaries
+    and may warn): the supervisor checks it at start, and every sandbox gets the same answer."""
     if mode not in MODES:
         raise ValueError(f"isolation must be one of {', '.join(MODES)}")
     if mode == "none":

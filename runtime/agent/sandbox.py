@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import sys
@@ -95,17 +94,12 @@ class _InFlight:
     timer: asyncio.TimerHandle | None = None
 
 
-@functools.cache
-def _isolation(mode: str) -> isolation.Isolation:
-    return isolation.detect(mode)  # once per agent: it looks for binaries and may warn
-
-
 class Sandbox(runtime_api.RuntimeHost):
     def __init__(self, config: SandboxConfig, session: Session, sink: logs.Sink) -> None:
         self.config = config
         self._session = session
         self._sink = sink
-        self._isolation = _isolation(config.isolation)
+        self._isolation = isolation.detect(config.isolation)
         self._uid = isolation.lease_uid() if self._isolation.own_uid else None
         self._task_root = isolation.TASK_ROOT if self._isolation.enabled else config.code_dir
         self._memory = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
