@@ -9,7 +9,6 @@ are the kernel's ABI (linux/inet_diag.h); packing them with `struct` avoids a ne
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import struct
 
@@ -64,7 +63,3 @@ def peer_uid(sock: socket.socket) -> int | None:
         return None
     # The peer's socket is bound to its address and connected to ours.
     return socket_owner((theirs[0], theirs[1]), (ours[0], ours[1]), sock.family)
-
-
-def running_as_root() -> bool:
-    return os.geteuid() == 0

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from kambda.runtime.agent import runtime_api
 from kambda.runtime.rpc import runtime_pb2 as pb
+from tests.conftest import wait_until
 
 EXAMPLES = 1200
 LIMITS = runtime_api.Limits(stall=0.3, read=1.0, idle=2.0)
@@ -259,7 +260,5 @@ def test_the_server_is_healthy_after_fuzzing(server: ServerThread) -> None:
         rid = host.current.encode()
         s.sendall(b"POST /2018-06-01/runtime/invocation/" + rid + b"/response HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
         assert s.recv(65536).startswith(b"HTTP/1.1 202")
-    deadline = time.monotonic() + LIMITS.idle + 3
-    while server.server.connections and time.monotonic() < deadline:  # nothing the fuzzer opened stays open
-        time.sleep(0.05)
-    assert not server.server.connections
+    # Nothing the fuzzer opened stays open.
+    assert wait_until(lambda: not server.server.connections, timeout=LIMITS.idle + 3, interval=0.05)
