@@ -1,8 +1,11 @@
 #!/bin/bash
-# images-local.sh - the function runtime image (agent + awslambdaric + Python) without Docker or a registry:
-# a Debian bookworm rootfs from debootstrap, the project installed from the working tree with the rootfs's own
-# pip (wheels built on the host), packed as a docker-archive and imported into the test cluster's containerd.
-# The tag is a digest of the project's sources, so an unchanged tree reuses the cached tarball. Prints the image.
+# images-local.sh - kambda's two images without Docker or a registry, imported into the test cluster's containerd:
+#   localhost/kambda-runtime:TAG  function pods: Python, the agent (grpcio, protobuf, httptools), awslambdaric, curl
+#   localhost/kambda:TAG          the gateway and the operator: `kambda[platform]` (aiohttp, kopf, nats, k8s client)
+# Each is a Debian bookworm rootfs from debootstrap (cached per image kind) with the project installed from the
+# working tree by the host's pip (`--target` the rootfs's dist-packages: same Python 3.11, same wheels; the rootfs
+# needs no pip of its own), packed as a single-layer docker-archive. TAG is a digest of the sources, so an unchanged
+# tree reuses the cached tarballs. Prints `runtime IMAGE` and `platform IMAGE`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 K8S_CACHE=${K8S_CACHE:-/var/cache/k8s-test-cluster}
@@ -10,36 +13,64 @@ CACHE=$K8S_CACHE/images
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null)}
 CTR="ctr --address ${CTRD_SOCK:-/run/lc-containerd/containerd.sock} -n k8s.io"
+SITE=usr/local/lib/python3.11/dist-packages  # on Debian's sys.path; pip never touches it inside the image
 mkdir -p "$CACHE"
 
 cd "$ROOT"
-TAG=$(find kambda gateway runtime operator pyproject.toml -type f \( -name '*.py' -o -name '*.proto' -o -name '*.toml' \) \
+TAG=$(find kambda gateway runtime operator pyproject.toml hack/images-local.sh -type f \
+  \( -name '*.py' -o -name '*.proto' -o -name '*.toml' -o -name '*.sh' \) \
   -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-12)
-IMAGE=localhost/kambda-runtime:$TAG
-OUT=$CACHE/kambda-runtime-$TAG.tar
 
-if [ ! -s "$OUT" ]; then
-  BASE=$CACHE/kambda-runtime-base.tar
-  if [ ! -s "$BASE" ]; then
+base() { # base NAME PACKAGES -> a cached, trimmed debootstrap rootfs tarball
+  local out=$CACHE/$1-base.tar root
+  if [ ! -s "$out" ]; then
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-    base_root=$(mktemp -d)
-    debootstrap --variant=minbase --include=python3,python3-pip,curl,ca-certificates bookworm "$base_root" \
-      "$DEBIAN_MIRROR" > "$CACHE/debootstrap-runtime.log" 2>&1 || { tail -20 "$CACHE/debootstrap-runtime.log"; exit 1; }
-    rm -rf "$base_root"/var/cache/apt/archives/*.deb "$base_root"/var/lib/apt/lists/* "$base_root"/usr/share/doc/* \
-      "$base_root"/usr/share/man/* "$base_root"/usr/share/locale/*
-    tar -C "$base_root" -cf "$BASE.tmp" . && mv "$BASE.tmp" "$BASE"
-    rm -rf "$base_root"
+    root=$(mktemp -d)
+    debootstrap --variant=minbase --include="$2" bookworm "$root" "$DEBIAN_MIRROR" > "$CACHE/debootstrap-$1.log" 2>&1 \
+      || { tail -20 "$CACHE/debootstrap-$1.log" >&2; exit 1; }
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/* \
+      "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/usr/share/info/* \
+      "$root"/var/log/*.log
+    tar -C "$root" -cf "$out.tmp" . && mv "$out.tmp" "$out"
+    rm -rf "$root"
   fi
-  rootfs=$(mktemp -d)
-  trap 'rm -rf "$rootfs"' EXIT
-  tar -C "$rootfs" -xf "$BASE"
-  mkdir -p "$rootfs/tmp/wheels" "$rootfs/var/task"
-  "$PYTHON" -m pip wheel -q --wheel-dir "$rootfs/tmp/wheels" "$ROOT" 2>&1 | grep -v "^WARNING: Location" || true
-  chroot "$rootfs" python3 -m pip install -q --no-index --find-links /tmp/wheels --break-system-packages kambda
-  rm -rf "$rootfs/tmp/wheels" "$rootfs/root/.cache"
-  bash "$ROOT/hack/test-cluster.sh" pack-rootfs "$rootfs" "$IMAGE" "$OUT" '["python3","-m","kambda.runtime.agent"]'
-fi
-if $CTR version >/dev/null 2>&1; then
-  $CTR images ls -q | grep -Fxq "$IMAGE" || $CTR images import "$OUT" >/dev/null
-fi
-echo "$IMAGE"
+  echo "$out"
+}
+
+quiet() { # run a command, showing its output only if it fails
+  local out; out=$(mktemp)
+  "$@" > "$out" 2>&1 || { cat "$out" >&2; rm -f "$out"; return 1; }
+  rm -f "$out"
+}
+
+WHEELS=$(mktemp -d)
+trap 'rm -rf "$WHEELS"' EXIT
+build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON
+  local kind=$1 image=$2 out=$CACHE/$1-$TAG.tar rootfs
+  if [ ! -s "$out" ]; then
+    [ -n "$(ls "$WHEELS")" ] || quiet "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$WHEELS" "$ROOT"
+    rootfs=$(mktemp -d)
+    tar -C "$rootfs" -xf "$(base "$kind" "$3")"
+    mkdir -p "$rootfs/var/task" "$rootfs/$SITE"
+    # The pods' uid has a name: getpass/pwd lookups (Kopf's peering identity, `id`) must not fail.
+    echo "kambda:x:1000:1000:kambda:/nonexistent:/usr/sbin/nologin" >> "$rootfs/etc/passwd"
+    echo "kambda:x:1000:" >> "$rootfs/etc/group"
+    # pip's resolver warnings compare against the host's own environment, not the target: not ours to act on.
+    quiet "$PYTHON" -m pip install -q --no-warn-script-location --target "$rootfs/$SITE" "$(ls "$WHEELS"/kambda-*.whl)$4"
+    rm -rf "$rootfs/$SITE/bin"  # console scripts pointing at the host's interpreter; images use python3 -m
+    bash "$ROOT/hack/test-cluster.sh" pack-rootfs "$rootfs" "$image" "$out.tmp" "$5"
+    mv "$out.tmp" "$out"
+    rm -rf "$rootfs"
+    # Older builds of this kind are dead weight (a tarball is 100+ MB).
+    find "$CACHE" -maxdepth 1 -regextype posix-extended -regex ".*/$kind-[0-9a-f]{12}\.tar" ! -name "$kind-$TAG.tar" -delete
+  fi
+  if $CTR version >/dev/null 2>&1; then
+    $CTR images ls -q | grep -Fxq "$image" || $CTR images import "$out" >/dev/null
+  fi
+  echo "$kind $image $(stat -c %s "$out")"
+}
+
+# Function pods: the agent and the Python runtime interface client only (curl for `provided` shell bootstraps).
+build kambda-runtime "localhost/kambda-runtime:$TAG" python3,curl,ca-certificates "[python-runtime]" \
+  '["python3","-m","kambda.runtime.agent"]'
+build kambda "localhost/kambda:$TAG" python3,ca-certificates "[platform]" '["python3","-m","kambda"]'

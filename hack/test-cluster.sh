@@ -27,7 +27,9 @@ CTRD_SOCK=$CTRD_STATE/containerd.sock
 ETCD_CLIENT_PORT=${ETCD_CLIENT_PORT:-2379}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
 APISERVER_PORT=${APISERVER_PORT:-6443}
-APISERVER_BIND=${APISERVER_BIND:-127.0.0.1}        # 0.0.0.0 if pods must reach the apiserver
+# With a node, pods (the in-cluster operator and gateway) reach the API server through the `kubernetes` Service,
+# whose endpoint is NODE_IP: bind every address then (token auth + RBAC still guard it).
+if [ "${WITH_NODE:-1}" = 1 ]; then APISERVER_BIND=${APISERVER_BIND:-0.0.0.0}; else APISERVER_BIND=${APISERVER_BIND:-127.0.0.1}; fi
 POD_CIDR=${POD_CIDR:-10.244.0.0/24}
 SERVICE_CIDR=${SERVICE_CIDR:-10.96.0.0/16}
 WITH_NODE=${WITH_NODE:-1}                          # 0: no containerd/kubelet/kube-proxy (API-level tests)

@@ -40,6 +40,15 @@ class Settings:
     image_pull_policy: str = "IfNotPresent"
     region: str = "us-east-1"
     gateway_selector: Mapping[str, str] | None = None  # labels of gateway pods (NetworkPolicy egress)
+    code_store: str | None = None  # base URL of the gateway's code store as pods reach it (packages by sha256)
+
+
+def gateway_endpoints(cluster_ip: str, ports: Mapping[str, int]) -> tuple[str, str]:
+    """(runtime interface host:port, code store URL) of a gateway Service with ports named `grpc` and `http`."""
+    missing = {"grpc", "http"} - set(ports)
+    if not cluster_ip or cluster_ip == "None" or missing:
+        raise ValueError(f"the gateway Service needs a ClusterIP and ports named grpc and http (missing: {missing})")
+    return f"{cluster_ip}:{ports['grpc']}", f"http://{cluster_ip}:{ports['http']}"
 
 
 def version_hash(raw_spec: Mapping[str, Any]) -> str:
@@ -120,7 +129,8 @@ def _code_volume(fn: FunctionSpec, version: str) -> dict[str, Any]:
         return {"name": "code", "configMap": source}
     if fn.code.config_map is not None:
         return {"name": "code", "configMap": {"name": fn.code.config_map, "defaultMode": 0o555}}
-    return {"name": "code", "emptyDir": {}}  # code.url: the agent downloads and verifies it here
+    # code.url or a package: the agent downloads and verifies it here (a zip unpacks to at most 250 MB)
+    return {"name": "code", "emptyDir": {"sizeLimit": "300Mi"}}
 
 
 def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[str, Any]:
@@ -140,7 +150,13 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
         "use_cgroups": False,  # the pod's own memory limit is the sandbox's
         "code_url": fn.code.url,
         "code_sha256": fn.code.sha256,
+        # A package (a sha256 without a URL) comes from the code store, with the function's credential.
+        "code_store": settings.code_store if _is_package(fn) else None,
     }
+
+
+def _is_package(fn: FunctionSpec) -> bool:
+    return fn.code.sha256 is not None and fn.code.url is None
 
 
 def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
@@ -189,7 +205,7 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
                     "capabilities": {"drop": ["ALL"]},
                 },
                 "volumeMounts": [
-                    {"name": "code", "mountPath": TASK_ROOT, "readOnly": fn.code.url is None},
+                    {"name": "code", "mountPath": TASK_ROOT, "readOnly": fn.code.sha256 is None},
                     {"name": "tmp", "mountPath": "/tmp"},
                 ],
             }

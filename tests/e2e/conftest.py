@@ -1,44 +1,78 @@
-"""End to end on a real node: kubelet + containerd + runc + CNI + kube-proxy from hack/test-cluster.sh, the runtime
-image built from a debootstrap rootfs with this working tree installed (hack/images-local.sh), and the operator and
-gateway running on the host with the cluster's kubeconfig. Pods reach the gateway's runtime interface on the pod
-bridge address (10.244.0.1): nothing leaves this machine, and no image registry is needed."""
+"""End to end on a real node: kubelet + containerd + runc + CNI + kube-proxy from hack/test-cluster.sh, and kambda
+installed as a user installs it: both images built from debootstrap rootfs tarballs (hack/images-local.sh) and
+`helm install charts/kambda`. Tests reach the gateway through its Service's NodePort on this node's address and
+pods reach it through its ClusterIP: nothing leaves this machine, and no image registry is needed."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
+import signal
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
-from tests.kube import ROOT, SIGNING_KEY, Kube, Process, eventually
-
-BRIDGE = "10.244.0.1"
+from tests.install import Images, Release, build_images
+from tests.kube import Kube, eventually
 
 
 @pytest.fixture(scope="session")
-def runtime_image(kube: Kube) -> str:
-    result = subprocess.run(
-        ["bash", str(ROOT / "hack" / "images-local.sh")], capture_output=True, text=True, timeout=900
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+def images(kube: Kube) -> Images:
+    return build_images()
+
+
+def _host_pids(*needles: str) -> list[int]:
+    """Processes on this host (containers' included) whose command line contains every needle."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if all(n in cmdline for n in needles):
+                pids.append(int(proc.name))
+    return pids
 
 
 @dataclass
 class Platform:
     kube: Kube
     namespace: str
-    gateway: Process
-    operator: Process
+    release: Release
     url: str
-    grpc_port: int
     client: Any
+
+    def gateway_logs(self) -> str:
+        return self.release.logs("gateway")
+
+    def operator_logs(self) -> str:
+        return self.release.logs("operator")
+
+    def kill_gateway(self) -> int:
+        """SIGKILL the gateway's process in its pod (from the host, which sees every container's processes); the
+        kubelet restarts the container in the same pod. Returns the killed pid."""
+        pids = _host_pids("kambda", "gateway", f"--namespace={self.namespace}")
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        return pids[0]
+
+    def restart_operator(self) -> None:
+        before = {p["metadata"]["name"] for p in self.release.pods("operator")}  # type: ignore[index]
+        deployment = f"deployment/{self.release.name}-operator"
+        self.kube.kubectl("rollout", "restart", deployment, "-n", self.release.system)
+        self.kube.kubectl("rollout", "status", deployment, "-n", self.release.system, "--timeout=120s")
+
+        def replaced() -> bool:
+            pods = self.release.pods("operator")
+            names = {p["metadata"]["name"] for p in pods}  # type: ignore[index]
+            return len(pods) == 1 and not names & before
+
+        assert eventually(replaced, timeout=60), self.operator_logs()
 
     def apply(self, manifest: str) -> None:
         result = self.kube.apply(manifest, self.namespace)
@@ -62,7 +96,7 @@ class Platform:
             except OSError:
                 return False
 
-        assert eventually(served, timeout=30), self.gateway.logs()
+        assert eventually(served, timeout=30), self.gateway_logs()
 
     def pods(self, function: str, version: str | None = None) -> list[dict[str, Any]]:
         selector = f"kambda.dev/function={function}" + (f",kambda.dev/version={version}" if version else "")
@@ -88,44 +122,21 @@ def function_manifest(name: str, code: str, **spec: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def platform(
-    kube: Kube, namespace: str, runtime_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
+def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
     import boto3
     from botocore.config import Config
 
-    logs = tmp_path_factory.mktemp("e2e")
-    env = {**kube.env, "KAMBDA_SIGNING_KEY": SIGNING_KEY}
-    http_port, grpc_port = free_port(), free_port()
-    gateway = Process(
-        [sys.executable, "-m", "kambda", "gateway", "--backend", "kubernetes", "--namespace", namespace,
-         "--port", str(http_port), "--grpc-host", "0.0.0.0", "--grpc-port", str(grpc_port),
-         "--data-dir", str(logs / "data"), "--queue-timeout", "60", "--retry-base-delay", "0.5",
-         "--throttle-base-delay", "0.2"],
-        env, logs / "gateway.log",
-    )  # fmt: skip
-    operator = Process(
-        [sys.executable, "-m", "kambda", "operator", "--namespace", namespace,
-         "--gateway-address", f"{BRIDGE}:{grpc_port}", "--runtime-image", runtime_image,
-         "--image-pull-policy", "Never"],
-        env, logs / "operator.log",
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{http_port}"
-    client = boto3.client(
-        "lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=120, max_pool_connections=64),
-    )  # fmt: skip
-
-    def gateway_ready() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
+    release = Release(kube, images, namespace, gateway_args=[
+        "--queue-timeout=60", "--retry-base-delay=0.5", "--throttle-base-delay=0.2",
+    ])  # fmt: skip
     try:
-        assert eventually(gateway_ready, timeout=60), gateway.logs()
-        yield Platform(kube, namespace, gateway, operator, url, grpc_port, client)
+        release.install()
+        url = release.url()
+        assert release.ready(url), release.logs("gateway")
+        client = boto3.client(
+            "lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t",
+            config=Config(retries={"total_max_attempts": 1}, read_timeout=120, max_pool_connections=64),
+        )  # fmt: skip
+        yield Platform(kube, namespace, release, url, client)
     finally:
-        operator.stop()
-        gateway.stop()
+        release.uninstall()

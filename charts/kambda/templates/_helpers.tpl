@@ -13,6 +13,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kambda.functionsNamespace" -}}
 {{ .Values.functionsNamespace | default .Release.Namespace }}
 {{- end }}
-{{- define "kambda.gatewayAddress" -}}
-{{ .Release.Name }}-gateway.{{ .Release.Namespace }}.svc:{{ .Values.gateway.grpcPort }}
+{{- define "kambda.dataClaim" -}}
+{{ .Values.gateway.persistence.existingClaim | default (printf "%s-gateway-data" .Release.Name) }}
 {{- end }}

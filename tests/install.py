@@ -1,0 +1,159 @@
+"""kambda installed the way a user installs it: the two images built without Docker (hack/images-local.sh) and
+the chart installed with `helm install`, the gateway reached through its Service's NodePort on this node's address.
+
+Shared by the end-to-end suite and bench/k8s_coldstart_bench.py. The gateway's data directory is a static hostPath
+PersistentVolume (the test cluster has no volume provisioner), so the queue and the code store outlive its pod.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.kube import K8S_BIN, ROOT, SIGNING_KEY, Kube, eventually
+
+CHART = ROOT / "charts" / "kambda"
+VOLUMES = Path("/var/lib/kambda-test-volumes")
+GATEWAY_UID = 1000  # the chart's pod securityContext
+
+
+@dataclass(frozen=True)
+class Images:
+    runtime: str
+    platform: str
+    sizes: dict[str, int]  # image -> bytes of its uncompressed tarball
+
+
+def build_images() -> Images:
+    result = subprocess.run(
+        ["bash", str(ROOT / "hack" / "images-local.sh")], capture_output=True, text=True, timeout=1800
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    found: dict[str, tuple[str, int]] = {}
+    for line in result.stdout.splitlines():
+        kind, image, size = line.split()
+        found[kind] = (image, int(size))
+    return Images(
+        runtime=found["kambda-runtime"][0],
+        platform=found["kambda"][0],
+        sizes={image: size for image, size in found.values()},
+    )
+
+
+def node_ip(kube: Kube) -> str:
+    node = json.loads(kube.kubectl("get", "nodes", "-o", "json").stdout)["items"][0]
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+
+@dataclass
+class Release:
+    """One `helm install` of charts/kambda: a system namespace of its own, functions in `functions`."""
+
+    kube: Kube
+    images: Images
+    functions: str
+    gateway_args: list[str] = field(default_factory=list)
+    name: str = field(default_factory=lambda: f"k{uuid.uuid4().hex[:6]}")
+
+    @property
+    def system(self) -> str:
+        return f"{self.name}-system"
+
+    @property
+    def volume(self) -> Path:
+        return VOLUMES / self.name
+
+    def helm(self, *args: str, values: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(K8S_BIN / "helm"), *args], input=values, capture_output=True, text=True, env=self.kube.env,
+            timeout=300,
+        )  # fmt: skip
+
+    def install(self) -> None:
+        self.kube.kubectl("create", "namespace", self.system)
+        self._create_volume()
+        repo, _, tag = self.images.platform.rpartition(":")
+        runtime_repo, _, runtime_tag = self.images.runtime.rpartition(":")
+        values = {
+            "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
+            "runtimeImage": {"repository": runtime_repo, "tag": runtime_tag, "pullPolicy": "Never"},
+            "functionsNamespace": self.functions,
+            "signingKey": SIGNING_KEY,
+            "gateway": {
+                "service": {"type": "NodePort"},
+                "persistence": {"storageClass": "-", "size": "1Gi"},
+                "extraArgs": self.gateway_args,
+            },
+        }
+        result = self.helm(
+            "install", self.name, str(CHART), "--namespace", self.system, "--values", "-", "--wait",
+            "--timeout", "240s", values=json.dumps(values),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr + self.logs("gateway") + self.logs("operator")
+
+    def _create_volume(self) -> None:
+        """A hostPath PersistentVolume bound in advance to the chart's claim (owned by the gateway's uid)."""
+        self.volume.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.volume, GATEWAY_UID, GATEWAY_UID)
+        pv = {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"{self.name}-gateway-data", "labels": {"kambda.dev/test-release": self.name}},
+            "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(self.volume)},
+                "claimRef": {"namespace": self.system, "name": f"{self.name}-gateway-data"},
+            },
+        }  # fmt: skip
+        self.kube.kubectl("apply", "-f", "-", input=json.dumps(pv))
+
+    def uninstall(self) -> None:
+        self.helm("uninstall", self.name, "--namespace", self.system, "--wait")
+        self.kube.kubectl("delete", "namespace", self.system, "--wait=false", check=False)
+        self.kube.kubectl("delete", "pv", f"{self.name}-gateway-data", "--wait=false", check=False)
+        shutil.rmtree(self.volume, ignore_errors=True)
+
+    # ---- reaching it -------------------------------------------------------------------------------------------
+
+    def node_ports(self) -> dict[str, int]:
+        svc = json.loads(self.kube.kubectl("get", "service", f"{self.name}-gateway", "-n", self.system,
+                                           "-o", "json").stdout)  # fmt: skip
+        return {p["name"]: int(p["nodePort"]) for p in svc["spec"]["ports"]}
+
+    def url(self) -> str:
+        return f"http://{node_ip(self.kube)}:{self.node_ports()['http']}"
+
+    def grpc_target(self) -> str:
+        return f"{node_ip(self.kube)}:{self.node_ports()['grpc']}"
+
+    def pods(self, component: str) -> list[dict[str, object]]:
+        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component={component}"
+        return [p for p in self.kube.list("pods", self.system, selector) if not p["metadata"].get("deletionTimestamp")]
+
+    def logs(self, component: str) -> str:
+        """The component's log (and its previous container's, after a restart), for assertion messages."""
+        out = []
+        for pod in self.pods(component):
+            name = pod["metadata"]["name"]  # type: ignore[index]
+            for previous in ("--previous", None):
+                args = ["logs", name, "-n", self.system, "--tail=300", *([previous] if previous else [])]
+                result = self.kube.kubectl(*args, check=False)
+                if result.returncode == 0 and result.stdout:
+                    out.append(f"--- {name}{' (previous)' if previous else ''}\n{result.stdout}")
+        return "\n".join(out) or f"(no {component} logs)"
+
+    def ready(self, url: str | None = None, timeout: float = 120) -> bool:
+        target = (url or self.url()) + "/readyz"
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(target, timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        return bool(eventually(answers, timeout=timeout))
