@@ -248,3 +248,46 @@ def test_8_pods_are_locked_down_and_credentials_are_per_function(platform: Platf
         with pytest.raises(grpc.RpcError) as info:
             next(iter(stub.Session(iter([pb.AgentMessage(next=pb.Next())]), metadata=metadata, timeout=10)))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_9_queued_events_survive_the_gateway_pod(platform: Platform) -> None:
+    import urllib.request
+
+    code = "import time\n\ndef handler(event, context):\n    time.sleep(0.1)\n    return event['i']\n"
+    platform.apply(function_manifest("drain", code, concurrency={"reserved": 2}, scaling={"idleSeconds": 60}))
+    assert eventually(lambda: platform.ready("drain", "1"), timeout=60)
+    platform.wait_served("drain")
+
+    def send(i: int) -> str:
+        response = platform.client.invoke(FunctionName="drain", InvocationType="Event", Payload=json.dumps({"i": i}))
+        assert response["StatusCode"] == 202
+        return str(response["ResponseMetadata"]["RequestId"])
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(send, range(500)))
+
+    def states(url: str) -> Counter[str]:
+        def state(request_id: str) -> str:
+            try:
+                with urllib.request.urlopen(f"{url}/v1/invocations/{request_id}", timeout=10) as r:
+                    return str(json.loads(r.read())["State"])
+            except OSError as exc:
+                return f"unreachable: {exc}"
+
+        with ThreadPoolExecutor(16) as pool:
+            return Counter(pool.map(state, ids))
+
+    # Two sandboxes at ~10 events/s each: most of the 500 are still in the queue (queued, or retrying after a
+    # throttle) when the pod goes.
+    before = states(platform.url)
+    assert before["queued"] + before["retrying"] >= 300 and sum(before.values()) == 500, before
+    old = platform.release.pods("gateway")[0]["metadata"]["name"]  # type: ignore[index]
+    platform.kube.kubectl("delete", "pod", old, "-n", platform.release.system, "--wait=true", "--timeout=90s")
+
+    def replaced() -> bool:
+        pods = platform.release.pods("gateway")
+        return bool(pods) and all(p["metadata"]["name"] != old for p in pods)  # type: ignore[index]
+
+    assert eventually(replaced, timeout=60)
+    assert platform.release.ready(platform.url), platform.gateway_logs()
+    assert eventually(lambda: states(platform.url)["succeeded"] == 500, timeout=180), states(platform.url)
