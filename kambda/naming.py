@@ -6,6 +6,10 @@ import re
 from dataclasses import dataclass
 
 LATEST = "$LATEST"
+GROUP, API_VERSION = "kambda.dev", "v1alpha1"  # the custom resources' API group and version
+# A function pod's termination message starts with this when its agent refused the code (a hash that does not
+# match, an unsafe or oversized zip): the operator puts the rest on the Function's status.
+CODE_REFUSED = "CodeRefused"
 # botocore's FunctionName pattern with the parts we need captured. Patterns here are only ever used with
 # `fullmatch`: `$` would also match before a trailing newline, so `echo\n` would name `echo`.
 _FUNCTION_REF = re.compile(

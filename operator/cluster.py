@@ -15,6 +15,8 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kambda.naming import API_VERSION, GROUP
+
 APPLIED_HASH = "kambda.dev/applied-hash"
 
 
@@ -81,19 +83,24 @@ class Cluster:
                     raise
 
     async def aliases(self, namespace: str) -> list[dict[str, Any]]:
-        result = await self.custom.list_namespaced_custom_object("kambda.dev", "v1alpha1", namespace, "aliases")
+        result = await self.custom.list_namespaced_custom_object(GROUP, API_VERSION, namespace, "aliases")
         return list(result["items"])
 
     async def get_function(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             body: dict[str, Any] = await self.custom.get_namespaced_custom_object(
-                "kambda.dev", "v1alpha1", namespace, "functions", name
+                GROUP, API_VERSION, namespace, "functions", name
             )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
         return body
+
+    async def patch_function_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        await self.custom.patch_namespaced_custom_object_status(
+            GROUP, API_VERSION, namespace, "functions", name, {"status": dict(status)}
+        )
 
     async def ready_replicas(self, namespace: str, function: str) -> int:
         result = await self.apps.list_namespaced_deployment(namespace, label_selector=f"kambda.dev/function={function}")

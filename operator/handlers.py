@@ -7,16 +7,16 @@ number, so nothing changes unless the spec did.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
+from kambda import naming
+from kambda.naming import API_VERSION, GROUP
 from kambda.specs import SpecError, parse_function
 
 from . import resources, versioning
 from .cluster import Cluster
-
-GROUP, API_VERSION = "kambda.dev", "v1alpha1"
 
 
 def _condition(ready: bool, reason: str, message: str) -> list[dict[str, str]]:
@@ -57,9 +57,16 @@ async def reconcile_function(
     except SpecError as exc:
         _not_ready(patch, body, "InvalidSpec", "; ".join(exc.errors))
         raise kopf.PermanentError(str(exc)) from None
-    if fn.code.path is not None or fn.code.image is not None:
-        what = "code.path is for the local backend" if fn.code.path else "container-image functions"
-        _not_ready(patch, body, "UnsupportedCode", f"{what}: not supported on Kubernetes yet")
+    if fn.code.path is not None:
+        what = "code.path is a directory on the local backend's host: `kambda deploy DIR` packages and uploads it"
+        _not_ready(patch, body, "UnsupportedCode", what)
+        raise kopf.PermanentError(what)
+    if fn.code.image is not None:
+        _not_ready(patch, body, "UnsupportedCode", "container-image functions: not supported on Kubernetes yet")
+        raise kopf.PermanentError("container-image functions")
+    if resources.is_package(fn) and settings.code_store is None:
+        what = "code.sha256 names a package in the code store, but this operator knows no code store"
+        _not_ready(patch, body, "NoCodeStore", what + " (--gateway-service or --code-store-url)")
         raise kopf.PermanentError(what)
 
     owner = resources.owner(body)
@@ -145,3 +152,28 @@ async def reconcile_alias(
     patch.status["function"] = function
     patch.status["routing"] = {**dropped, **routing}
     patch.status["conditions"] = _condition(True, "Routed", f"{function}: {routing}")
+
+
+@kopf.on.event("", "v1", "pods", labels={resources.LABEL_COMPONENT: "function"})
+async def function_pod_changed(*, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A pod whose agent refused its code (hash mismatch, unsafe zip) marks its Function not ready, with the reason.
+
+    Only for the Function's latest version: a refusal by an old version's pod must not hide a fixed new one."""
+    reason = resources.code_refusal(body)
+    labels = body.get("metadata", {}).get("labels") or {}
+    function, version = labels.get(resources.LABEL_FUNCTION), labels.get(resources.LABEL_VERSION)
+    if reason is None or namespace is None or not function:
+        return
+    cluster: Cluster = memo.cluster
+    fn = await cluster.get_function(namespace, function)
+    status = (fn or {}).get("status") or {}
+    if fn is None or status.get("latestVersion") != version:
+        return
+    message = f"version {version}: the pod refused its code: {reason}"
+    current: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if current.get("reason") == naming.CODE_REFUSED and current.get("message") == message:
+        return  # every restart of the crash-looping pod repeats the same words
+    await cluster.patch_function_status(
+        namespace, function, {"conditions": _condition(False, naming.CODE_REFUSED, message)}
+    )
+    kopf.warn(cast(kopf.Body, fn), reason=naming.CODE_REFUSED, message=message)  # a dict works as a Body

@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kambda import credentials
+from kambda import credentials, naming
 from kambda.specs import FunctionSpec
 
-GROUP = "kambda.dev"
 LABEL_FUNCTION = "kambda.dev/function"
 LABEL_VERSION = "kambda.dev/version"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -151,11 +150,11 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
         "code_url": fn.code.url,
         "code_sha256": fn.code.sha256,
         # A package (a sha256 without a URL) comes from the code store, with the function's credential.
-        "code_store": settings.code_store if _is_package(fn) else None,
+        "code_store": settings.code_store if is_package(fn) else None,
     }
 
 
-def _is_package(fn: FunctionSpec) -> bool:
+def is_package(fn: FunctionSpec) -> bool:
     return fn.code.sha256 is not None and fn.code.url is None
 
 
@@ -251,3 +250,14 @@ def network_policy(fn: FunctionSpec, owner_ref: Mapping[str, Any], settings: Set
         "metadata": _meta(fn.name, fn, owner_ref),
         "spec": policy,
     }
+
+
+def code_refusal(pod: Mapping[str, Any]) -> str | None:
+    """Why a function pod's agent refused its code (its container's termination message), if it did."""
+    prefix = f"{naming.CODE_REFUSED}: "
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        for state in (status.get("state"), status.get("lastState")):
+            message = ((state or {}).get("terminated") or {}).get("message") or ""
+            if message.startswith(prefix):
+                return str(message[len(prefix) :].strip())
+    return None

@@ -25,11 +25,23 @@ from typing import Any
 
 from grpc import aio
 
-from . import isolation, limits
+from kambda.naming import CODE_REFUSED
+
+from . import code, isolation, limits
 from .sandbox import Sandbox, SandboxConfig
 from .session import Identity, Session
 
 log = logging.getLogger("kambda.agent")
+
+# Where Kubernetes reads a container's last words (terminationMessagePath): the operator shows them on the Function.
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def _last_words(reason: str, message: str, path: str = TERMINATION_LOG) -> None:
+    with contextlib.suppress(OSError), open(path, "w") as f:  # OSError: not in a pod
+        f.write(f"{reason}: {message}"[:4000])  # the kubelet keeps at most 4096 bytes
+
+
 MAX_MESSAGE = 16 * 1024 * 1024
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -94,7 +106,15 @@ async def run_single(gateway: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, terminate.set)
     async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
-        sandbox, session, session_task = await _start_sandbox(channel, config, credential, sink)
+        try:
+            sandbox, session, session_task = await _start_sandbox(channel, config, credential, sink)
+        except code.CodeError as exc:
+            # Nothing of the function ran. Exiting makes the pod crash-loop visibly, with the reason on it.
+            log.error("refusing the code: %s", exc)
+            _last_words(CODE_REFUSED, str(exc))
+            return 1
+        if config.code_sha256:
+            log.info("code %s verified (sha256) and unpacked into %s", config.code_sha256, config.code_dir)
         stopped = asyncio.create_task(sandbox.stopped.wait())
         terminated = asyncio.create_task(terminate.wait())
         await asyncio.wait((stopped, terminated), return_when=asyncio.FIRST_COMPLETED)
