@@ -3,8 +3,10 @@ gateway, and zero -> Ready for a plain Deployment of the same runtime image, alt
 
     python bench/k8s_coldstart_bench.py [--trials 10]
 
-Needs the real node (`make cluster-up`); builds/imports the runtime image (hack/images-local.sh); runs the
-operator and gateway on the host, as the end-to-end tests do.
+Needs the real node (`make cluster-up`); builds and imports both images (hack/images-local.sh) and installs the
+chart with helm, as the end-to-end tests do (tests/install.py). Also prints the images' sizes, and times a bare pod
+of the platform image (every dependency, as function pods carried before the slim runtime image) next to the slim
+one, and a 2.5 MB package uploaded with `kambda deploy` next to inline code.
 """
 
 from __future__ import annotations
@@ -49,24 +51,24 @@ async def until_gone(core: client.CoreV1Api, namespace: str, selector: str) -> N
         await asyncio.sleep(0.2)
 
 
-async def bare_trial(apps: client.AppsV1Api, core: client.CoreV1Api, namespace: str) -> float:
-    await until_gone(core, namespace, "app=bare")
+async def bare_trial(apps: client.AppsV1Api, core: client.CoreV1Api, namespace: str, name: str) -> float:
+    await until_gone(core, namespace, f"app={name}")
     start = time.perf_counter()
-    await apps.patch_namespaced_deployment_scale("bare", namespace, {"spec": {"replicas": 1}})
+    await apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 1}})
     while True:
-        for pod in await pods(core, namespace, "app=bare"):
+        for pod in await pods(core, namespace, f"app={name}"):
             conditions = {c.type: c.status for c in (pod.status.conditions or [])}
             if conditions.get("Ready") == "True":
                 elapsed = time.perf_counter() - start
-                await apps.patch_namespaced_deployment_scale("bare", namespace, {"spec": {"replicas": 0}})
+                await apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 0}})
                 return elapsed
         await asyncio.sleep(0.02)
 
 
-async def kambda_trial(core: client.CoreV1Api, namespace: str, url: str) -> float:
-    await until_gone(core, namespace, "kambda.dev/function=cold")
+async def kambda_trial(core: client.CoreV1Api, namespace: str, url: str, function: str) -> float:
+    await until_gone(core, namespace, f"kambda.dev/function={function}")
     start = time.perf_counter()
-    request = urllib.request.Request(f"{url}/2015-03-31/functions/cold/invocations", data=b"{}", method="POST")
+    request = urllib.request.Request(f"{url}/2015-03-31/functions/{function}/invocations", data=b"{}", method="POST")
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=120).read())
     assert json.loads(body) == "warm", body
     return time.perf_counter() - start
@@ -84,66 +86,97 @@ async def run(trials: int) -> None:
             subprocess.run(["bash", str(ROOT / "hack/test-cluster.sh"), "down"], env=ENV, stdout=subprocess.DEVNULL)
 
 
-async def _measure(trials: int) -> None:
-    image = subprocess.run(["bash", str(ROOT / "hack/images-local.sh")], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1]  # fmt: skip
-    namespace = f"cold-{uuid.uuid4().hex[:6]}"
-    kubectl("apply", "-f", str(ROOT / "crds"))
-    kubectl("create", "namespace", namespace)
-    http, grpc_port = free_port(), free_port()
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "kambda", "gateway", "--backend", "kubernetes", "--namespace",
-                          namespace, "--port", str(http), "--grpc-host", "0.0.0.0", "--grpc-port", str(grpc_port),
-                          "--data-dir", f"/tmp/{namespace}"], env=ENV,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([sys.executable, "-m", "kambda", "operator", "--namespace", namespace, "--gateway-address",
-                          f"10.244.0.1:{grpc_port}", "--runtime-image", image, "--image-pull-policy", "Never"],
-                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]  # fmt: skip
-    bare = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bare"},
-        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "bare"}}, "template": {
-            "metadata": {"labels": {"app": "bare"}},
+def bare_deployment(name: str, image: str) -> dict[str, object]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}}, "template": {
+            "metadata": {"labels": {"app": name}},
             "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
                 "name": "bare", "image": image, "imagePullPolicy": "Never",
                 "command": ["python3", "-c", "import time; time.sleep(10**6)"]}]}}},
     }  # fmt: skip
-    function = {
+
+
+def package(directory: Path) -> Path:
+    """A zip function as users ship one: a handler next to 2.5 MB of vendored bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app.py").write_text("def handler(event, context):\n    return 'warm'\n")
+    (directory / "vendored.bin").write_bytes(os.urandom(2_500_000))
+    return directory
+
+
+async def _measure(trials: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.install import Release, build_images
+    from tests.kube import Kube
+
+    images = build_images()
+    for image, size in images.sizes.items():
+        print(f"image {image}: {size / 1e6:.1f} MB (uncompressed layer tarball)")
+    namespace = f"cold-{uuid.uuid4().hex[:6]}"
+    kube = Kube(KUBECONFIG)
+    kubectl("apply", "-f", str(ROOT / "crds"))
+    kubectl("create", "namespace", namespace)
+    release = Release(kube, images, namespace)
+    release.install()
+    url = release.url()
+    # The slim function image next to the platform's (every dependency, as function pods carried before).
+    for name, image in (("bare-slim", images.runtime), ("bare-platform", images.platform)):
+        kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(bare_deployment(name, image)))
+    inline = {
         "apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "metadata": {"name": "cold"},
         "spec": {"runtime": "python3.11", "handler": "app.handler", "scaling": {"idleSeconds": 1},
                  "code": {"files": {"app.py": "def handler(event, context):\n    return 'warm'\n"}}},
     }  # fmt: skip
-    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(bare))
-    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(function))
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(inline))
+    subprocess.run(
+        [sys.executable, "-m", "kambda", "deploy", str(package(Path(f"/tmp/{namespace}/pkg"))), "--name", "coldpkg",
+         "--runtime", "python3.11", "--handler", "app.handler", "--endpoint", url, "--namespace", namespace],
+        env=ENV, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    kubectl("patch", "function", "coldpkg", "-n", namespace, "--type=merge", "-p",
+            json.dumps({"spec": {"scaling": {"idleSeconds": 1}}}))  # fmt: skip
     await config.load_kube_config(config_file=KUBECONFIG)
     try:
         async with client.ApiClient() as api:
             apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-            url = f"http://127.0.0.1:{http}"
-            while True:  # the gateway serves the function once the operator has published version 1
-                try:
-                    urllib.request.urlopen(urllib.request.Request(
-                        f"{url}/2015-03-31/functions/cold/invocations", data=b"{}", method="POST",
-                        headers={"X-Amz-Invocation-Type": "DryRun"}), timeout=2)  # fmt: skip
-                    break
-                except OSError:
-                    await asyncio.sleep(0.5)
-            bare_times, kambda_times = [], []
-            for _ in range(trials + 1):  # the first pair warms the node's caches and is dropped
-                bare_times.append(await bare_trial(apps, core, namespace))
-                kambda_times.append(await kambda_trial(core, namespace, url))
-            bare_times, kambda_times = bare_times[1:], kambda_times[1:]
+            for function in ("cold", "coldpkg"):
+                await _until_served(url, function)
+            times: dict[str, list[float]] = {"bare-slim": [], "bare-platform": [], "cold": [], "coldpkg": []}
+            for _ in range(trials + 1):  # the first round warms the node's caches and is dropped
+                for name in ("bare-slim", "bare-platform"):
+                    times[name].append(await bare_trial(apps, core, namespace, name))
+                for function in ("cold", "coldpkg"):
+                    times[function].append(await kambda_trial(core, namespace, url, function))
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(30)
+        release.uninstall()
         kubectl("delete", "namespace", namespace, "--wait=false")
-    b, k = statistics.median(bare_times), statistics.median(kambda_times)
-    print(f"bare Deployment, scale 0->1 -> pod Ready, p50 of {trials}: {b * 1000:7.0f} ms "
-          f"(min {min(bare_times) * 1000:.0f}, max {max(bare_times) * 1000:.0f})")  # fmt: skip
-    print(f"kambda, zero -> first response,  p50 of {trials}: {k * 1000:7.0f} ms "
-          f"(min {min(kambda_times) * 1000:.0f}, max {max(kambda_times) * 1000:.0f})")  # fmt: skip
-    print(f"ratio: {k / b:.2f}x   (goal: within 1.5x of the bare pod-ready time)")
+    p50 = {name: statistics.median(values[1:]) for name, values in times.items()}
+    labels = {
+        "bare-slim": "bare pod, slim runtime image: scale 0->1 -> Ready",
+        "bare-platform": "bare pod, platform image:     scale 0->1 -> Ready",
+        "cold": "kambda inline code: zero -> first response",
+        "coldpkg": "kambda 2.5 MB package: zero -> first response",
+    }
+    for name, label in labels.items():
+        values = times[name][1:]
+        print(f"{label:50} p50 of {trials}: {p50[name] * 1000:6.0f} ms "
+              f"(min {min(values) * 1000:.0f}, max {max(values) * 1000:.0f})")  # fmt: skip
+    print(f"ratios to the bare slim pod: inline {p50['cold'] / p50['bare-slim']:.2f}x, "
+          f"package {p50['coldpkg'] / p50['bare-slim']:.2f}x, platform-image pod "
+          f"{p50['bare-platform'] / p50['bare-slim']:.2f}x")  # fmt: skip
+
+
+async def _until_served(url: str, function: str) -> None:
+    """The gateway serves the function once the operator has published version 1."""
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(
+                f"{url}/2015-03-31/functions/{function}/invocations", data=b"{}", method="POST",
+                headers={"X-Amz-Invocation-Type": "DryRun"}), timeout=2)  # fmt: skip
+            return
+        except OSError:
+            await asyncio.sleep(0.5)
 
 
 def main() -> None:
