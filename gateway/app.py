@@ -15,7 +15,9 @@ from . import errors, rpc
 from .admission import Admission
 from .async_api import AsyncAPI
 from .backends import Backend
+from .codestore import CodeAPI, CodeStore
 from .delivering import Deliverer
+from .deployments import DeployAPI, Deployments
 from .dispatching import Dispatcher
 from .invoke_api import InvokeAPI
 from .invoke_configs import InvokeConfigs
@@ -63,7 +65,15 @@ def open_queue(settings: GatewaySettings) -> EventQueue:
     raise ValueError(f"unknown queue backend {settings.queue_backend!r} (sqlite or nats)")
 
 
-def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, signing_key: bytes) -> web.Application:
+def create_app(
+    settings: GatewaySettings,
+    registry: Registry,
+    backend: Backend,
+    signing_key: bytes,
+    *,
+    store: CodeStore | None = None,
+    deployments: Deployments | None = None,  # the local backend's deploy API; None: not served
+) -> web.Application:
     app = web.Application(client_max_size=settings.max_sync_payload + 1, middlewares=[_aws_errors])
     metrics = Metrics()
     scaler_box: list[Scaler] = []
@@ -93,6 +103,9 @@ def create_app(settings: GatewaySettings, registry: Registry, backend: Backend, 
     api = InvokeAPI(settings, registry, invoker, admission, metrics, queue, deliverer.poke)
     app.router.add_post("/2015-03-31/functions/{name}/invocations", api.invoke)
     AsyncAPI(settings, registry, queue, configs, deliverer.poke).add_routes(app.router)
+    store = store or CodeStore(settings.data_dir / "packages")
+    CodeAPI(settings, store, registry, signing_key, backend.name).add_routes(app.router)
+    DeployAPI(settings, deployments).add_routes(app.router)
     app.router.add_route("*", "/2015-03-31/functions/{name}/invocations", _method_not_allowed)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -15,12 +15,14 @@ from typing import IO, Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from kambda import credentials, logs, manifests, naming
+from kambda import credentials, logs, manifests, naming, packages
 
 from . import connections
 from .app import ENDPOINTS, create_app
 from .backends import Backend
 from .backends.local import LocalBackend, LocalSettings
+from .codestore import CodeStore, PackageMissing
+from .deployments import Deployments
 from .invoke_api import MAX_HEADERS_BYTES
 from .registry import FunctionVersion, Registry
 from .settings import GatewaySettings
@@ -33,13 +35,24 @@ LISTEN_BACKLOG = 4096
 LINGERING_TIME = 10.0  # aiohttp's default
 
 
-def load_local_registry(directory: Path, settings: GatewaySettings) -> Registry:
-    """Every Function manifest in `directory` as its $LATEST version, code materialised under the data dir."""
+def load_local_registry(directory: Path, settings: GatewaySettings, store: CodeStore) -> Registry:
+    """Every Function manifest in `directory` as its $LATEST version, code materialised under the data dir (a
+    package, `code.sha256`, unpacked from the code store; one not there yet is not served, but does not stop the
+    gateway: it is how the package gets uploaded)."""
     registry = Registry(settings.namespace)
     cache = settings.data_dir / "code"
     cache.mkdir(parents=True, exist_ok=True)
     for spec in manifests.load_directory(directory):
-        code_dir, sha = manifests.materialise(manifests.read_code(spec.code), cache)
+        package = spec.code.package
+        if package is None:
+            code_dir, sha = manifests.materialise(manifests.read_code(spec.code), cache)
+        else:
+            try:
+                code_dir, sha = store.unpack(package, cache), packages.code_sha256(package)
+            except (PackageMissing, packages.PackageError) as exc:
+                log.error("%s is not served: spec.code.sha256: %s (upload it, e.g. kambda deploy, and restart)",
+                          spec.name, exc)  # fmt: skip
+                continue
         registry.put(FunctionVersion(spec=spec, version=naming.LATEST, code_dir=str(code_dir), code_sha256=sha))
     return registry
 
@@ -92,7 +105,15 @@ def connection_limits(settings: GatewaySettings) -> connections.Limits:
     )
 
 
-async def serve(settings: GatewaySettings, registry: Registry, backend: Backend, signing_key: bytes) -> None:
+async def serve(
+    settings: GatewaySettings,
+    registry: Registry,
+    backend: Backend,
+    signing_key: bytes,
+    *,
+    store: CodeStore | None = None,
+    deployments: Deployments | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     limits = connection_limits(settings)
     guard = connections.Guard(limits)
@@ -105,7 +126,7 @@ async def serve(settings: GatewaySettings, registry: Registry, backend: Backend,
     except OSError as exc:  # asyncio rewords the error ("error while attempting to bind..."): say it plainly
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
-    app = create_app(settings, registry, backend, signing_key)
+    app = create_app(settings, registry, backend, signing_key, store=store, deployments=deployments)
     runner = web.AppRunner(
         app,
         # Headers up to 1 MiB reach our handler, which answers oversized ones in the AWS error shape instead of
@@ -184,14 +205,23 @@ def _serve_holding_data_dir(settings: GatewaySettings, main: Callable[[], Corout
     return 0
 
 
-def run_local(directory: Path, settings: GatewaySettings) -> int:
+def run_local(directory: Path, settings: GatewaySettings, signing_key: bytes | None = None) -> int:
+    """The local platform; runtime credentials are derived from `signing_key` (default: a new key per start)."""
+
     async def main() -> None:
-        registry = load_local_registry(directory, settings)  # writes the code cache: under the lock
-        key = credentials.new_signing_key()
+        # Both write under the data directory: under its lock.
+        store = CodeStore(settings.data_dir / "packages")
+        registry = load_local_registry(directory, settings, store)
+        deployments = Deployments(
+            settings.data_dir / "functions", store, settings.data_dir / "code", registry,
+            reserved={spec.name for spec in manifests.load_directory(directory)},
+        )  # fmt: skip
+        deployments.load()
+        key = signing_key or credentials.new_signing_key()
         local = LocalSettings(
             signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups, isolation=settings.isolation
         )
-        await serve(settings, registry, LocalBackend(local), key)
+        await serve(settings, registry, LocalBackend(local), key, store=store, deployments=deployments)
 
     return _serve_holding_data_dir(settings, main)
 
@@ -213,7 +243,8 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
             watching = asyncio.create_task(watcher.run(), name="watch")
             try:
                 await asyncio.wait_for(watcher.synced.wait(), 60)
-                await serve(settings, registry, KubernetesBackend(api), signing_key)
+                store = CodeStore(settings.data_dir / "packages")
+                await serve(settings, registry, KubernetesBackend(api), signing_key, store=store)
             finally:
                 watching.cancel()
                 await asyncio.gather(watching, return_exceptions=True)

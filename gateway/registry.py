@@ -87,6 +87,11 @@ class Registry:
             raise NotFound(ref.name, ref.qualifier)
         return versions[qualifier]
 
+    def uses_package(self, function: str, sha256: str) -> bool:
+        """Whether a version of `namespace/name` runs the code store's package `sha256` (who may download it)."""
+        namespace, _, name = function.partition("/")
+        return any(v.spec.code.package == sha256 for v in self._versions.get((namespace, name), {}).values())
+
     def by_key(self, function: str, version: str) -> FunctionVersion | None:
         namespace, _, name = function.partition("/")
         return self._versions.get((namespace, name), {}).get(version)

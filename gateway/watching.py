@@ -14,12 +14,12 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kambda import naming
+from kambda.naming import ALIASES, FUNCTIONS, GROUP, VERSION
 from kambda.specs import SpecError, parse_function
 
 from .registry import FunctionVersion, Registry
 
 log = logging.getLogger(__name__)
-GROUP, VERSION = "kambda.dev", "v1alpha1"
 WATCH_SECONDS = 300
 
 
@@ -41,8 +41,8 @@ class Watcher:
             self.synced.set()
 
         await asyncio.gather(
-            self._watch("functions", self._on_function, functions_synced),
-            self._watch("aliases", self._on_alias, aliases_synced),
+            self._watch(FUNCTIONS, self._on_function, functions_synced),
+            self._watch(ALIASES, self._on_alias, aliases_synced),
             both_synced(),
         )
 

@@ -1,4 +1,4 @@
-"""The `kambda` command: run the local platform, invoke functions, run an agent."""
+"""The `kambda` command: run the local platform, deploy and invoke functions, run an agent."""
 
 from __future__ import annotations
 
@@ -49,9 +49,11 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from kambda import kubeconfig
     from kambda.gateway.main import run_local
 
-    return run_local(Path(args.directory), _settings(args))
+    key = kubeconfig.signing_key(args.signing_key_file) if args.signing_key_file else None
+    return run_local(Path(args.directory), _settings(args), key)
 
 
 def _invoke(args: argparse.Namespace) -> int:
@@ -81,6 +83,56 @@ def _invoke(args: argparse.Namespace) -> int:
     except urllib.error.URLError as err:
         print(f"cannot reach the gateway at {args.endpoint}: {err.reason}", file=sys.stderr)
         return 2
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    import asyncio
+    import tempfile
+
+    from kambda import deploying, packages
+
+    try:
+        environment = dict(_key_value(item) for item in args.env) if args.env is not None else None
+        options = deploying.Options(args.runtime, args.handler, args.memory, args.timeout, environment)
+        gateway = deploying.Gateway(args.endpoint)
+        info = gateway.info()
+        namespace = args.namespace or str(info.get("namespace") or "default")
+        with tempfile.TemporaryFile() as scratch:
+            zipped = deploying.package(Path(args.source), scratch)
+            size = zipped.seek(0, 2)
+            if size > packages.MAX_ZIPPED:
+                raise deploying.DeployFailed(
+                    f"the package is {size} bytes zipped; the upload limit is {packages.MAX_ZIPPED} (Lambda's)"
+                )
+            zipped.seek(0)
+            sha = packages.sha256_hex(zipped)
+            if gateway.has(sha):
+                print(f"package {sha} is already stored", file=sys.stderr)
+            else:
+                zipped.seek(0)
+                gateway.upload(zipped, size, deploying.progress_line(size))
+        if info["backend"] == "kubernetes":
+            action, _ = asyncio.run(deploying.deploy_kubernetes(args.kubeconfig, args.name, namespace, sha, options))
+            print(f"Function {namespace}/{args.name} {action}: the operator publishes its version "
+                  f"(kubectl get fn {args.name} -n {namespace})", file=sys.stderr)  # fmt: skip
+            version = ""
+        else:
+            deployed = deploying.deploy_local(gateway, args.name, namespace, sha, options)
+            version = f" Version={deployed['Version']}"
+    except deploying.DeployFailed as exc:
+        print(f"kambda deploy: {exc}", file=sys.stderr)
+        return 2
+    print(f"FunctionName={args.name}{version} CodeSha256={packages.code_sha256(sha)} CodeSize={size}")
+    return 0
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    from kambda.deploying import DeployFailed
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise DeployFailed(f"--env {item!r}: expected KEY=VALUE")
+    return key, value
 
 
 def _call(endpoint: str, method: str, path: str) -> tuple[int, object]:
@@ -151,8 +203,11 @@ def _operator(args: argparse.Namespace) -> int:
         signing_key=kubeconfig.signing_key(args.signing_key_file),
         image_pull_policy=args.image_pull_policy,
         gateway_selector={"app.kubernetes.io/name": "kambda", "app.kubernetes.io/component": "gateway"},
+        code_store=args.code_store_url,
     )
-    return operator_main.run(namespace=args.namespace, settings=settings, liveness=args.liveness)
+    return operator_main.run(
+        namespace=args.namespace, settings=settings, liveness=args.liveness, gateway_service=args.gateway_service
+    )
 
 
 def _gateway(args: argparse.Namespace) -> int:
@@ -209,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the platform locally, serving the Function manifests in DIR")
     run.add_argument("directory", nargs="?", default=".", metavar="DIR")
+    run.add_argument("--signing-key-file", help="key of the runtime credentials (default: a new one per start)")
     _gateway_arguments(run)
     run.set_defaults(func=_run)
 
@@ -227,6 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--endpoint", default="http://127.0.0.1:8080")
     invoke.add_argument("--timeout", type=float, default=905)
     invoke.set_defaults(func=_invoke)
+
+    deploy = sub.add_parser("deploy", help="package code, upload it to the gateway, create or update the Function")
+    deploy.add_argument("source", metavar="DIR|ZIP", help="a directory (zipped deterministically) or a zip file")
+    deploy.add_argument("--name", required=True, help="the function's name")
+    deploy.add_argument("--runtime", help="e.g. python3.12 (the default for a new function) or provided")
+    deploy.add_argument("--handler", help="module.function (app.handler for a new Python function)")
+    deploy.add_argument("--memory", type=int, help="memory in MB (a new function: 128)")
+    deploy.add_argument("--timeout", type=int, help="timeout in seconds (a new function: 3)")
+    deploy.add_argument("--env", action="append", metavar="KEY=VALUE",
+                        help="an environment variable (given at all, they replace the environment)")  # fmt: skip
+    deploy.add_argument("--endpoint", default="http://127.0.0.1:8080")
+    deploy.add_argument("--namespace", help="default: the namespace the gateway serves")
+    deploy.add_argument("--kubeconfig", help="Kubernetes backend: whose Function is written (default $KUBECONFIG, "
+                        "~/.kube/config)")  # fmt: skip
+    deploy.set_defaults(func=_deploy)
 
     dlq = sub.add_parser("dlq", help="inspect and redrive the dead-letter queue of asynchronous invocations")
     dlq.add_argument("action", choices=("ls", "show", "rm", "redrive"))
@@ -248,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--image-pull-policy", default="IfNotPresent")
     op.add_argument("--gateway-address", default="kambda-gateway.kambda-system.svc:9090",
                     help="host:port where function pods reach the gateway's runtime interface")  # fmt: skip
+    op.add_argument("--code-store-url", help="where function pods fetch packages, e.g. http://10.96.0.10:8080")
+    op.add_argument("--gateway-service", metavar="NAMESPACE/NAME",
+                    help="take both addresses from the gateway's Service (its ClusterIP) instead")  # fmt: skip
     op.add_argument("--signing-key-file", help="the key shared with the gateway (else $KAMBDA_SIGNING_KEY)")
     op.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
     op.set_defaults(func=_operator)

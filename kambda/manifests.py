@@ -52,8 +52,10 @@ def load_directory(directory: Path) -> list[FunctionSpec]:
             spec = parse_function(doc)
         except SpecError as exc:
             raise ManifestError(f"{path}: " + "; ".join(exc.errors)) from exc
-        if spec.code.files is None and spec.code.path is None:
-            raise ManifestError(f"{path}: spec.code: the local backend runs only inline files or a path")
+        if spec.code.files is None and spec.code.path is None and spec.code.package is None:
+            raise ManifestError(
+                f"{path}: spec.code: the local backend runs inline files, a path or a package (sha256 alone)"
+            )
         if spec.code.path is not None:
             code_path = (path.parent / spec.code.path).resolve()
             if not code_path.is_dir():

@@ -6,7 +6,10 @@ import re
 from dataclasses import dataclass
 
 LATEST = "$LATEST"
-GROUP, API_VERSION = "kambda.dev", "v1alpha1"  # the custom resources' API group and version
+# The custom resources: API group and version, a manifest's apiVersion, and their plural names in API URLs.
+GROUP, VERSION = "kambda.dev", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+FUNCTIONS, ALIASES = "functions", "aliases"
 # A function pod's termination message starts with this when its agent refused the code (a hash that does not
 # match, an unsafe or oversized zip): the operator puts the rest on the Function's status.
 CODE_REFUSED = "CodeRefused"

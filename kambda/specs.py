@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-API_VERSION = "kambda.dev/v1alpha1"
+from .naming import API_VERSION
+
 PYTHON_RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "python3.13")
 PROVIDED_RUNTIMES = ("provided", "provided.al2", "provided.al2023")
 RUNTIMES = PYTHON_RUNTIMES + PROVIDED_RUNTIMES
@@ -23,12 +24,20 @@ TIMEOUT_SECONDS = (1, 900)
 MAX_RETRY_ATTEMPTS = (0, 2)
 MAX_EVENT_AGE_SECONDS = (60, 21600)
 
+# Fields a version snapshots (Lambda's "version configuration"); scaling, concurrency and async settings are the
+# function's and change without a new version.
+VERSIONED_FIELDS = (
+    "runtime", "handler", "code", "memoryMB", "timeoutSeconds", "environment", "secretEnvironment",
+    "serviceAccountName", "network",
+)  # fmt: skip
+
 # Validating patterns are used with `fullmatch` and end in \Z: `$` also matches before a trailing newline.
 NAME_RE = re.compile(r"[a-zA-Z0-9-_]{1,64}\Z")
 # Kubernetes object names are stricter than Lambda's; a Function is both, so it must satisfy both.
 K8S_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 ENV_NAME_RE = re.compile(r"[a-zA-Z]([a-zA-Z0-9_])*\Z")
 HANDLER_RE = re.compile(r"[^\s]{1,128}\Z")
+SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
 # Lambda reserves these; a function may not override them (configuration-envvars).
 RESERVED_ENV = frozenset(
     {
@@ -65,14 +74,19 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Code:
-    """Exactly one source is set."""
+    """Exactly one source is set; `sha256` alone is a source too (a package in kambda's code store)."""
 
     files: Mapping[str, str] | None = None  # inline: relative path -> text; a file named bootstrap is executable
     path: str | None = None  # a directory (made absolute by the manifest loader; local backend only)
     config_map: str | None = None  # a ConfigMap in the Function's namespace, one key per file
     url: str | None = None  # a zip archive the agent downloads and checks against sha256
-    sha256: str | None = None
+    sha256: str | None = None  # hex SHA-256 of a zip: the one at `url`, or without `url` the code store's
     image: str | None = None  # a container image with the function baked in
+
+    @property
+    def package(self) -> str | None:
+        """The hex SHA-256 of the code store's package this code is, or None (another source)."""
+        return self.sha256 if self.url is None else None
 
 
 @dataclass(frozen=True)
@@ -283,9 +297,9 @@ def _parse_code(r: _Reader, spec: Mapping[str, Any]) -> Code:
     image = r.string(code, "image", "spec.code")
     if url is not None and not re.match(r"^https?://", url):
         r.fail("spec.code.url", "must be an http(s) URL")
-    if (url is None) != (sha256 is None):
-        r.fail("spec.code", "url and sha256 go together")
-    elif sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+    if url is not None and sha256 is None:
+        r.fail("spec.code.url", "needs sha256, the zip's SHA-256 in hex")
+    if sha256 is not None and not SHA256_RE.fullmatch(sha256):
         r.fail("spec.code.sha256", "must be 64 lower-case hex digits")
     files: dict[str, str] | None = None
     if files_raw is not None:
@@ -300,9 +314,10 @@ def _parse_code(r: _Reader, spec: Mapping[str, Any]) -> Code:
                     r.fail(f"spec.code.files.{fname}", "must be a relative path inside the code directory")
                 else:
                     files[str(fname)] = text
-    sources = [files_raw, path, config_map, url, image]
+    package = sha256 if url is None else None  # sha256 alone: the package with that hash in the code store
+    sources = [files_raw, path, config_map, url, package, image]
     if sum(source is not None for source in sources) != 1:
-        r.fail("spec.code", "must set exactly one of files, path, configMap, url or image")
+        r.fail("spec.code", "must set exactly one of files, path, configMap, url (with sha256), sha256 or image")
     return Code(files=files, path=path, config_map=config_map, url=url, sha256=sha256, image=image)
 
 

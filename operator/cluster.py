@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kambda.naming import API_VERSION, GROUP
+from kambda.naming import ALIASES, FUNCTIONS, GROUP, VERSION
 
 APPLIED_HASH = "kambda.dev/applied-hash"
 
@@ -83,13 +83,13 @@ class Cluster:
                     raise
 
     async def aliases(self, namespace: str) -> list[dict[str, Any]]:
-        result = await self.custom.list_namespaced_custom_object(GROUP, API_VERSION, namespace, "aliases")
+        result = await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, ALIASES)
         return list(result["items"])
 
     async def get_function(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             body: dict[str, Any] = await self.custom.get_namespaced_custom_object(
-                GROUP, API_VERSION, namespace, "functions", name
+                GROUP, VERSION, namespace, FUNCTIONS, name
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -99,7 +99,7 @@ class Cluster:
 
     async def patch_function_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object_status(
-            GROUP, API_VERSION, namespace, "functions", name, {"status": dict(status)}
+            GROUP, VERSION, namespace, FUNCTIONS, name, {"status": dict(status)}
         )
 
     async def ready_replicas(self, namespace: str, function: str) -> int:

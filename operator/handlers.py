@@ -12,7 +12,7 @@ from typing import Any, cast
 import kopf
 
 from kambda import naming
-from kambda.naming import API_VERSION, GROUP
+from kambda.naming import ALIASES, API_VERSION, FUNCTIONS, GROUP, VERSION
 from kambda.specs import SpecError, parse_function
 
 from . import resources, versioning
@@ -32,9 +32,9 @@ def _not_ready(patch: kopf.Patch, body: kopf.Body, reason: str, message: str) ->
     kopf.warn(body, reason=reason, message=message)
 
 
-@kopf.on.resume(GROUP, API_VERSION, "functions")
-@kopf.on.create(GROUP, API_VERSION, "functions")
-@kopf.on.update(GROUP, API_VERSION, "functions")
+@kopf.on.resume(GROUP, VERSION, FUNCTIONS)
+@kopf.on.create(GROUP, VERSION, FUNCTIONS)
+@kopf.on.update(GROUP, VERSION, FUNCTIONS)
 async def reconcile_function(
     *,
     body: kopf.Body,
@@ -50,7 +50,7 @@ async def reconcile_function(
     settings: resources.Settings = memo.settings
     assert namespace is not None  # Functions are namespaced
     raw_spec = dict(spec)
-    manifest = {"apiVersion": f"{GROUP}/{API_VERSION}", "kind": "Function",
+    manifest = {"apiVersion": API_VERSION, "kind": "Function",
                 "metadata": {"name": name, "namespace": namespace}, "spec": raw_spec}  # fmt: skip
     try:
         fn = parse_function(manifest)
@@ -113,9 +113,9 @@ async def _routed_versions(cluster: Cluster, namespace: str, function: str) -> s
     return routed
 
 
-@kopf.on.resume(GROUP, API_VERSION, "aliases")
-@kopf.on.create(GROUP, API_VERSION, "aliases")
-@kopf.on.update(GROUP, API_VERSION, "aliases")
+@kopf.on.resume(GROUP, VERSION, ALIASES)
+@kopf.on.create(GROUP, VERSION, ALIASES)
+@kopf.on.update(GROUP, VERSION, ALIASES)
 async def reconcile_alias(
     *,
     body: kopf.Body,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kambda import credentials, naming
-from kambda.specs import FunctionSpec
+from kambda.specs import VERSIONED_FIELDS, FunctionSpec
 
 LABEL_FUNCTION = "kambda.dev/function"
 LABEL_VERSION = "kambda.dev/version"
@@ -23,12 +23,6 @@ ANNOTATION_HASH = "kambda.dev/version-hash"
 TASK_ROOT = "/var/task"
 MILLICPU_PER_MB = 1000 / 1769  # Lambda: 1,769 MB of memory = 1 vCPU
 AGENT_MEMORY_MB = 64  # the agent's own share of the pod's memory limit, on top of the function's
-# Fields a version snapshots (Lambda's "version configuration"); scaling, concurrency and async settings are the
-# function's and change without a new version.
-VERSIONED_FIELDS = (
-    "runtime", "handler", "code", "memoryMB", "timeoutSeconds", "environment", "secretEnvironment",
-    "serviceAccountName", "network",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -155,7 +149,7 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
 
 
 def is_package(fn: FunctionSpec) -> bool:
-    return fn.code.sha256 is not None and fn.code.url is None
+    return fn.code.package is not None
 
 
 def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:

@@ -22,6 +22,8 @@ PLACEHOLDER = "pending-"
 
 
 class KubernetesBackend:
+    name = "kubernetes"
+
     def __init__(self, api: client.ApiClient) -> None:
         self._apps = client.AppsV1Api(api)
         self._core = client.CoreV1Api(api)

@@ -33,6 +33,8 @@ class LocalSettings:
 
 
 class LocalBackend:
+    name = "local"
+
     def __init__(self, settings: LocalSettings) -> None:
         self._settings = settings
         self._proc: asyncio.subprocess.Process | None = None

@@ -46,7 +46,8 @@ class SandboxConfig:
     use_cgroups: bool = True
     passthrough_env: tuple[str, ...] = ()  # the agent's own variables (e.g. from Secrets) the runtime also gets
     code_url: str | None = None  # a zip to download into code_dir before the first start
-    code_sha256: str | None = None
+    code_sha256: str | None = None  # hex; alone with code_store: the package with this hash in kambda's code store
+    code_store: str | None = None  # base URL of the gateway's code store (http://host:port)
     isolation: str = "none"  # auto | bwrap | none (isolation.py); a pod is isolated by Kubernetes
 
     @property
@@ -120,10 +121,14 @@ class Sandbox(runtime_api.RuntimeHost):
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.config.code_url:
+        config = self.config
+        if config.code_url:  # the Function's own URL: never sent the credential
+            await asyncio.to_thread(code.fetch, config.code_url, config.code_sha256 or "", config.code_dir)
+        elif config.code_store:
             await asyncio.to_thread(
-                code.fetch, self.config.code_url, self.config.code_sha256 or "", self.config.code_dir
-            )
+                code.fetch_from_store, config.code_store, config.code_sha256 or "", config.code_dir,
+                function=config.function, credential=self._session.credential,
+            )  # fmt: skip
         self._port = await self._api.start()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"sandbox-{self.config.instance_id}")
 

@@ -70,6 +70,11 @@ class Session:
         self._closed = False
         self.failure: BaseException | None = None
 
+    @property
+    def credential(self) -> str:
+        """The function's credential, which the code store also asks for."""
+        return self._identity.credential
+
     async def run(self) -> None:
         """Keep a stream open until closed or rejected; dispatch what the gateway sends."""
         attempt = 0

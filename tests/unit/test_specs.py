@@ -60,6 +60,9 @@ def test_full_manifest() -> None:
         ({"code": {}}, "spec.code: must set exactly one of"),
         ({"code": {"files": {"../evil.py": "x"}}}, "spec.code.files.../evil.py: must be a relative path"),
         ({"code": {"files": {"a.py": "x"}, "path": "."}}, "spec.code: must set exactly one of"),
+        ({"code": {"url": "https://example.com/f.zip"}}, "spec.code.url: needs sha256"),
+        ({"code": {"sha256": "ABC"}}, "spec.code.sha256: must be 64 lower-case hex digits"),
+        ({"code": {"sha256": "a" * 64, "files": {"a.py": "x"}}}, "spec.code: must set exactly one of"),
         ({"environment": {"AWS_REGION": "x"}}, "spec.environment.AWS_REGION: is reserved"),
         ({"environment": {"1BAD": "x"}}, "spec.environment.1BAD: name must start with a letter"),
         ({"concurrency": {"reserved": -1}}, "spec.concurrency.reserved: must be at least 0"),
@@ -92,3 +95,12 @@ def test_name_and_kind() -> None:
 def test_provided_runtime_needs_no_dotted_handler() -> None:
     spec = parse_function(manifest(runtime="provided", handler="whatever", code={"files": {"bootstrap": "#!/bin/sh"}}))
     assert not spec.is_python
+
+
+def test_a_sha256_alone_is_a_package_in_the_code_store_and_with_a_url_a_download() -> None:
+    sha = "0123456789abcdef" * 4
+    package = parse_function(manifest(code={"sha256": sha})).code
+    assert (package.package, package.url) == (sha, None)
+    download = parse_function(manifest(code={"url": "https://example.com/f.zip", "sha256": sha})).code
+    assert (download.package, download.url, download.sha256) == (None, "https://example.com/f.zip", sha)
+    assert parse_function(manifest()).code.package is None
