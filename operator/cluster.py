@@ -99,8 +99,9 @@ class Cluster:
 
     async def patch_function_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, FUNCTIONS, name, {"status": dict(status)}
-        )
+            GROUP, VERSION, namespace, FUNCTIONS, name, {"status": dict(status)},
+            _content_type="application/merge-patch+json",  # type: ignore[call-arg]  # else a JSON Patch is sent
+        )  # fmt: skip
 
     async def ready_replicas(self, namespace: str, function: str) -> int:
         result = await self.apps.list_namespaced_deployment(namespace, label_selector=f"kambda.dev/function={function}")

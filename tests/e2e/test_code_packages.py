@@ -33,7 +33,7 @@ logger = Logger(service="packaged")
 
 
 def handler(event, context):
-    logger.info("invoked", extra={"name": event.get("name")})
+    logger.info("invoked", extra={"who": event.get("name")})
     return {"powertools": __version__, "data": os.path.getsize(os.path.join(os.path.dirname(__file__), "data.bin")),
             "hello": event.get("name")}
 """
@@ -154,8 +154,9 @@ def refused(platform: Platform, name: str, code: dict[str, str]) -> dict[str, st
     platform.apply(json.dumps(manifest))
     assert eventually(lambda: platform.ready(name, "1"), timeout=60), platform.operator_logs()
     platform.client.invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
+    pods = lambda: [p["status"] for p in platform.pods(name)]  # noqa: E731
     assert eventually(lambda: condition(platform, name).get("reason") == "CodeRefused", timeout=90), (
-        condition(platform, name), platform.operator_logs())  # fmt: skip
+        condition(platform, name), pods(), platform.operator_logs()[-3000:])  # fmt: skip
     return condition(platform, name)
 
 
