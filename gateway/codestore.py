@@ -185,6 +185,34 @@ class CodeStore:
             self._unpacked[sha256] = target
             return target
 
+    def unpack_layers(self, layers: tuple[str, ...], cache_dir: Path) -> Path:
+        """The layers merged as Lambda merges them under /opt (in order, a later layer's files winning), in
+        `cache_dir/layers-<digest of the list>/` (blocking). Each layer is unpacked (and verified) by `unpack`."""
+        digest = hashlib.sha256(" ".join(layers).encode()).hexdigest()[:32]
+        key, target = f"layers-{digest}", cache_dir / f"layers-{digest}"
+        with self._lock:
+            if key in self._unpacked:
+                return self._unpacked[key]
+        trees = [self.unpack(sha, cache_dir) for sha in layers]
+        with self._lock:
+            staging = cache_dir / f".staging-{os.getpid()}-layers-{digest}"
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                staging.mkdir(mode=0o755)
+                for i, tree in enumerate(trees):
+                    copy = cache_dir / f".staging-{os.getpid()}-layer-{i}"
+                    shutil.rmtree(copy, ignore_errors=True)
+                    shutil.copytree(tree, copy, symlinks=True)
+                    packages.overlay(copy, staging)
+                    copy.rmdir()
+                if target.exists():
+                    shutil.rmtree(target)
+                staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._unpacked[key] = target
+            return target
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

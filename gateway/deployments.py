@@ -177,10 +177,21 @@ class Deployments:
             version_manifest = {**manifest, "spec": {**shared, **entry["spec"]}}
             spec = self._parse(version_manifest)
             code_dir, sha = self._materialise(spec.code)
+            opt_dir = self._layers(spec.layers)
             number = str(entry["version"])
-            built[number] = FunctionVersion(spec=spec, version=number, code_dir=str(code_dir), code_sha256=sha)
+            built[number] = FunctionVersion(spec, number, code_dir=str(code_dir), code_sha256=sha, opt_dir=opt_dir)
         built[naming.LATEST] = built[str(record["versions"][-1]["version"])]
         return built
+
+    def _layers(self, layers: tuple[str, ...]) -> str | None:
+        if not layers:
+            return None
+        try:
+            return str(self._store.unpack_layers(layers, self._cache))
+        except PackageMissing as exc:
+            raise DeployError(f"spec.layers: {exc}", status=404, error_type="ResourceNotFoundException") from None
+        except packages.PackageError as exc:
+            raise DeployError(f"spec.layers: {exc}") from None
 
     def _materialise(self, code: specs.Code) -> tuple[Path, str]:
         if code.package is None:

@@ -53,7 +53,12 @@ def load_local_registry(directory: Path, settings: GatewaySettings, store: CodeS
                 log.error("%s is not served: spec.code.sha256: %s (upload it, e.g. kambda deploy, and restart)",
                           spec.name, exc)  # fmt: skip
                 continue
-        registry.put(FunctionVersion(spec=spec, version=naming.LATEST, code_dir=str(code_dir), code_sha256=sha))
+        try:
+            opt_dir = str(store.unpack_layers(spec.layers, cache)) if spec.layers else None
+        except (PackageMissing, packages.PackageError) as exc:
+            log.error("%s is not served: spec.layers: %s (upload it, e.g. kambda layer, and restart)", spec.name, exc)
+            continue
+        registry.put(FunctionVersion(spec, naming.LATEST, code_dir=str(code_dir), code_sha256=sha, opt_dir=opt_dir))
     return registry
 
 

@@ -22,6 +22,7 @@ class FunctionVersion:
     version: str  # "$LATEST", "1", "2", ...
     code_dir: str
     code_sha256: str
+    opt_dir: str | None = None  # the local backend's merged layers (pods unpack their own under /opt)
 
     @property
     def function(self) -> str:
@@ -90,7 +91,10 @@ class Registry:
     def uses_package(self, function: str, sha256: str) -> bool:
         """Whether a version of `namespace/name` runs the code store's package `sha256` (who may download it)."""
         namespace, _, name = function.partition("/")
-        return any(v.spec.code.package == sha256 for v in self._versions.get((namespace, name), {}).values())
+        return any(
+            v.spec.code.package == sha256 or sha256 in v.spec.layers
+            for v in self._versions.get((namespace, name), {}).values()
+        )
 
     def by_key(self, function: str, version: str) -> FunctionVersion | None:
         namespace, _, name = function.partition("/")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from kambda.deploying import Gateway
     from kambda.gateway.settings import GatewaySettings
 
 
@@ -87,30 +88,17 @@ def _invoke(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     import asyncio
-    import tempfile
 
     from kambda import deploying, packages
 
     try:
         environment = dict(_key_value(item) for item in args.env) if args.env is not None else None
-        options = deploying.Options(args.runtime, args.handler, args.memory, args.timeout, environment)
+        layers = tuple(args.layer) if args.layer is not None else None
+        options = deploying.Options(args.runtime, args.handler, args.memory, args.timeout, environment, layers)
         gateway = deploying.Gateway(args.endpoint)
         info = gateway.info()
         namespace = args.namespace or str(info.get("namespace") or "default")
-        with tempfile.TemporaryFile() as scratch:
-            zipped = deploying.package(Path(args.source), scratch)
-            size = zipped.seek(0, 2)
-            if size > packages.MAX_ZIPPED:
-                raise deploying.DeployFailed(
-                    f"the package is {size} bytes zipped; the upload limit is {packages.MAX_ZIPPED} (Lambda's)"
-                )
-            zipped.seek(0)
-            sha = packages.sha256_hex(zipped)
-            if gateway.has(sha):
-                print(f"package {sha} is already stored", file=sys.stderr)
-            else:
-                zipped.seek(0)
-                gateway.upload(zipped, size, deploying.progress_line(size))
+        sha, size = _upload(gateway, Path(args.source))
         if info["backend"] == "kubernetes":
             action, _ = asyncio.run(deploying.deploy_kubernetes(args.kubeconfig, args.name, namespace, sha, options))
             print(f"Function {namespace}/{args.name} {action}: the operator publishes its version "
@@ -123,6 +111,41 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"kambda deploy: {exc}", file=sys.stderr)
         return 2
     print(f"FunctionName={args.name}{version} CodeSha256={packages.code_sha256(sha)} CodeSize={size}")
+    return 0
+
+
+def _upload(gateway: Gateway, source: Path) -> tuple[str, int]:
+    """Package `source` and store it in the gateway's code store (unless it is there): (sha256 hex, zipped size)."""
+    import tempfile
+
+    from kambda import deploying, packages
+
+    with tempfile.TemporaryFile() as scratch:
+        zipped = deploying.package(source, scratch)
+        size = zipped.seek(0, 2)
+        if size > packages.MAX_ZIPPED:
+            raise deploying.DeployFailed(
+                f"the package is {size} bytes zipped; the upload limit is {packages.MAX_ZIPPED} (Lambda's)"
+            )
+        zipped.seek(0)
+        sha = packages.sha256_hex(zipped)
+        if gateway.has(sha):
+            print(f"package {sha} is already stored", file=sys.stderr)
+        else:
+            zipped.seek(0)
+            gateway.upload(zipped, size, deploying.progress_line(size))
+    return sha, size
+
+
+def _layer(args: argparse.Namespace) -> int:
+    from kambda import deploying, packages
+
+    try:
+        sha, size = _upload(deploying.Gateway(args.endpoint), Path(args.source))
+    except deploying.DeployFailed as exc:
+        print(f"kambda layer: {exc}", file=sys.stderr)
+        return 2
+    print(f"Sha256={sha} CodeSha256={packages.code_sha256(sha)} CodeSize={size}")
     return 0
 
 
@@ -297,7 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--namespace", help="default: the namespace the gateway serves")
     deploy.add_argument("--kubeconfig", help="Kubernetes backend: whose Function is written (default $KUBECONFIG, "
                         "~/.kube/config)")  # fmt: skip
+    deploy.add_argument("--layer", action="append", metavar="SHA256",
+                        help="a layer uploaded by `kambda layer` (repeat, in order; given at all, they replace the "
+                        "function's layers)")  # fmt: skip
     deploy.set_defaults(func=_deploy)
+
+    layer = sub.add_parser("layer", help="package a layer (python/, bin/, lib/, bootstrap ...) and upload it")
+    layer.add_argument("source", metavar="DIR|ZIP")
+    layer.add_argument("--endpoint", default="http://127.0.0.1:8080")
+    layer.set_defaults(func=_layer)
 
     dlq = sub.add_parser("dlq", help="inspect and redrive the dead-letter queue of asynchronous invocations")
     dlq.add_argument("action", choices=("ls", "show", "rm", "redrive"))

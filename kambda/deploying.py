@@ -47,6 +47,7 @@ class Options:
     memory_mb: int | None = None
     timeout_seconds: int | None = None
     environment: Mapping[str, str] | None = None  # None: unchanged; given, it replaces the whole environment
+    layers: tuple[str, ...] | None = None  # None: unchanged; given, the layers' sha256s in order (replacing)
 
 
 def spec_patch(existing: Mapping[str, Any] | None, sha256: str, options: Options) -> dict[str, Any]:
@@ -70,6 +71,8 @@ def spec_patch(existing: Mapping[str, Any] | None, sha256: str, options: Options
         old_env = (existing or {}).get("environment") or {}
         removed = dict.fromkeys(k for k in old_env if k not in options.environment)
         patch["environment"] = {**removed, **options.environment}
+    if options.layers is not None:
+        patch["layers"] = [{"sha256": sha} for sha in options.layers]  # a merge patch replaces a list whole
     return patch
 
 

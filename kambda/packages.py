@@ -115,6 +115,24 @@ def clear(directory: str | os.PathLike[str]) -> None:
             child.unlink(missing_ok=True)
 
 
+def overlay(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move what `source` holds into `target`, merging directories; on a clash `source` wins (Lambda's layers:
+    a later layer's file replaces an earlier one's). `source` is left empty. Both were unpacked by `extract`, so
+    neither holds a link that leaves its tree; a link in `target` is replaced, never followed."""
+    src, dst = Path(source), Path(target)
+    for child in list(src.iterdir()):
+        into = dst / child.name
+        if child.is_dir() and not child.is_symlink() and into.is_dir() and not into.is_symlink():
+            overlay(child, into)
+            child.rmdir()
+            continue
+        if into.is_dir() and not into.is_symlink():
+            shutil.rmtree(into)
+        elif into.exists() or into.is_symlink():
+            into.unlink()
+        child.rename(into)
+
+
 def build(directory: str | os.PathLike[str], dest: str | os.PathLike[str] | IO[bytes]) -> None:
     """Zip `directory` so that the same tree always gives the same bytes: names sorted, one fixed timestamp, modes
     reduced to 0755/0644, symbolic links stored as links, `__pycache__` left out. A link that points outside the

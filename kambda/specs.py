@@ -28,8 +28,9 @@ MAX_EVENT_AGE_SECONDS = (60, 21600)
 # function's and change without a new version.
 VERSIONED_FIELDS = (
     "runtime", "handler", "code", "memoryMB", "timeoutSeconds", "environment", "secretEnvironment",
-    "serviceAccountName", "network",
+    "serviceAccountName", "network", "layers",
 )  # fmt: skip
+MAX_LAYERS = 5  # Lambda's limit per function
 
 # Validating patterns are used with `fullmatch` and end in \Z: `$` also matches before a trailing newline.
 NAME_RE = re.compile(r"[a-zA-Z0-9-_]{1,64}\Z")
@@ -135,6 +136,7 @@ class FunctionSpec:
     service_account_name: str | None = None  # None: the pod gets no service-account token (no "IAM role")
     egress: str = "all"  # all | cluster | none (the NetworkPolicy, Lambda's VPC settings)
     retain_versions: int = 5
+    layers: tuple[str, ...] = ()  # hex SHA-256s of code-store packages, unpacked in order under /opt
 
     @property
     def is_python(self) -> bool:
@@ -252,6 +254,7 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     if egress not in EGRESS:
         r.fail("spec.network.egress", f"must be one of {', '.join(EGRESS)}")
     retain = r.integer(spec, "retainVersions", "spec", (1, None))
+    layers = _parse_layers(r, spec)
 
     if r.errors:
         raise SpecError(r.errors)
@@ -281,7 +284,28 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         service_account_name=service_account,
         egress=egress,
         retain_versions=retain or 5,
+        layers=layers,
     )
+
+
+def _parse_layers(r: _Reader, spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """`layers: [{sha256: hex}, ...]`: packages in the code store, at most five (Lambda's rule)."""
+    raw = spec.get("layers")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.fail("spec.layers", "must be a list of {sha256: ...}")
+        return ()
+    if len(raw) > MAX_LAYERS:
+        r.fail("spec.layers", f"at most {MAX_LAYERS} layers per function (got {len(raw)})")
+    layers: list[str] = []
+    for i, layer in enumerate(raw):
+        sha = layer.get("sha256") if isinstance(layer, Mapping) else None
+        if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
+            r.fail(f"spec.layers[{i}].sha256", "must be 64 lower-case hex digits (a package in the code store)")
+        else:
+            layers.append(sha)
+    return tuple(layers)
 
 
 def _parse_code(r: _Reader, spec: Mapping[str, Any]) -> Code:

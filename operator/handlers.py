@@ -64,8 +64,8 @@ async def reconcile_function(
     if fn.code.image is not None:
         _not_ready(patch, body, "UnsupportedCode", "container-image functions: not supported on Kubernetes yet")
         raise kopf.PermanentError("container-image functions")
-    if resources.is_package(fn) and settings.code_store is None:
-        what = "code.sha256 names a package in the code store, but this operator knows no code store"
+    if resources.needs_code_store(fn) and settings.code_store is None:
+        what = "code.sha256 or layers name packages in the code store, but this operator knows no code store"
         _not_ready(patch, body, "NoCodeStore", what + " (--gateway-service or --code-store-url)")
         raise kopf.PermanentError(what)
 

@@ -21,6 +21,7 @@ LABEL_VERSION = "kambda.dev/version"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_HASH = "kambda.dev/version-hash"
 TASK_ROOT = "/var/task"
+LAYERS_ROOT = "/opt"  # where Lambda unpacks a function's layers
 MILLICPU_PER_MB = 1000 / 1769  # Lambda: 1,769 MB of memory = 1 vCPU
 AGENT_MEMORY_MB = 64  # the agent's own share of the pod's memory limit, on top of the function's
 
@@ -143,13 +144,19 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
         "use_cgroups": False,  # the pod's own memory limit is the sandbox's
         "code_url": fn.code.url,
         "code_sha256": fn.code.sha256,
-        # A package (a sha256 without a URL) comes from the code store, with the function's credential.
-        "code_store": settings.code_store if is_package(fn) else None,
+        # A package (a sha256 without a URL) and layers come from the code store, with the function's credential.
+        "code_store": settings.code_store if needs_code_store(fn) else None,
+        "layers": list(fn.layers),
+        "opt_dir": LAYERS_ROOT if fn.layers else None,
     }
 
 
 def is_package(fn: FunctionSpec) -> bool:
     return fn.code.package is not None
+
+
+def needs_code_store(fn: FunctionSpec) -> bool:
+    return is_package(fn) or bool(fn.layers)
 
 
 def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
@@ -200,10 +207,16 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
                 "volumeMounts": [
                     {"name": "code", "mountPath": TASK_ROOT, "readOnly": fn.code.sha256 is None},
                     {"name": "tmp", "mountPath": "/tmp"},
+                    *([{"name": "layers", "mountPath": LAYERS_ROOT}] if fn.layers else []),
                 ],
             }
         ],
-        "volumes": [_code_volume(fn, version), {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}}],
+        "volumes": [
+            _code_volume(fn, version),
+            {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}},
+            # The agent unpacks the layers here, in order (at most 250 MB with the code, checked by the agent).
+            *([{"name": "layers", "emptyDir": {"sizeLimit": "300Mi"}}] if fn.layers else []),
+        ],
     }
     if fn.service_account_name is not None:
         pod_spec["serviceAccountName"] = fn.service_account_name

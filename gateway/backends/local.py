@@ -118,6 +118,7 @@ class LocalBackend:
                 "runtime": spec.runtime,
                 "handler": spec.handler,
                 "code_dir": version.code_dir,
+                "opt_dir": version.opt_dir,
                 "memory_mb": spec.memory_mb,
                 "timeout_seconds": spec.timeout_seconds,
                 "environment": dict(spec.environment),

@@ -50,6 +50,28 @@ def fetch_from_store(store: str, sha256: str, target: str, *, function: str, cre
     _install(urllib.request.build_opener(_NoRedirects), request, sha256, target, url)
 
 
+def fetch_layers(
+    store: str, layers: tuple[str, ...], opt_dir: str, *, code_dir: str, function: str, credential: str
+) -> None:
+    """Lambda's layers: each package from the store unpacked in order into `opt_dir`, a later one's files winning.
+    Each is checked as it unpacks; the function's code and its layers together are at most 250 MB unzipped."""
+    opt = Path(opt_dir)
+    if opt.is_dir():
+        packages.clear(opt)  # a restarted agent's volume: fetched afresh, in order
+    for i, sha in enumerate(layers):
+        staging = opt / f".layer-{i}"
+        fetch_from_store(store, sha, str(staging), function=function, credential=credential)
+        packages.overlay(staging, opt)
+        staging.rmdir()
+    total = _bytes_under(opt) + _bytes_under(Path(code_dir))
+    if total > packages.MAX_UNZIPPED:
+        raise CodeError(f"layers: {packages.UNZIPPED_TOO_LARGE} (the code and its layers together: {total} bytes)")
+
+
+def _bytes_under(root: Path) -> int:
+    return sum(f.lstat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None  # urllib then raises the 3xx as an HTTPError

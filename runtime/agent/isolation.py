@@ -32,6 +32,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TASK_ROOT = "/var/task"  # where Lambda puts a function's code, and so where the runtime sees it
+OPT_ROOT = "/opt"  # where Lambda unpacks layers
 TMP_BYTES = 512 * 1024 * 1024  # Lambda's default ephemeral storage
 SHM_BYTES = 64 * 1024 * 1024
 UID_BASE = 1_900_000_000  # far above any account's uid and the usual subordinate-uid ranges (100000+)
@@ -140,6 +141,7 @@ def sandbox_argv(
     *,
     code_dir: str,
     uid: int | None,
+    opt_dir: str | None = None,
     read_only: tuple[str, ...] = (),
     tmp_bytes: int = TMP_BYTES,
     shm_bytes: int = SHM_BYTES,
@@ -165,6 +167,8 @@ def sandbox_argv(
     for path in extra:
         command += ["--ro-bind", path, path]
     command += ["--ro-bind", code_dir, TASK_ROOT]
+    if opt_dir is not None:
+        command += ["--ro-bind", opt_dir, OPT_ROOT]  # the function's layers, merged
     command += ["--chdir", TASK_ROOT, "--"]
     if uid is not None and isolation.setpriv is not None:
         command += [isolation.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]

@@ -63,6 +63,7 @@ def config_from_json(data: Mapping[str, Any], *, isolation_mode: str = "none") -
     # In a pod the instance is the pod: its name (HOSTNAME) is the id the gateway sees.
     fields.setdefault("instance_id", os.environ.get("KAMBDA_INSTANCE_ID") or os.environ.get("HOSTNAME", "instance"))
     fields["passthrough_env"] = tuple(fields.get("passthrough_env") or ())
+    fields["layers"] = tuple(fields.get("layers") or ())
     return SandboxConfig(**fields)
 
 

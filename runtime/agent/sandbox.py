@@ -49,30 +49,52 @@ class SandboxConfig:
     code_sha256: str | None = None  # hex; alone with code_store: the package with this hash in kambda's code store
     code_store: str | None = None  # base URL of the gateway's code store (http://host:port)
     isolation: str = "none"  # auto | bwrap | none (isolation.py); a pod is isolated by Kubernetes
+    layers: tuple[str, ...] = ()  # hex SHA-256s of layer packages; fetched from code_store into opt_dir
+    opt_dir: str | None = None  # the layers' merged tree (the runtime sees it at /opt when isolated or in a pod)
 
     @property
     def name(self) -> str:
         return self.function.split("/", 1)[-1]
 
-    def runtime_argv(self, task_root: str | None = None) -> list[str]:
-        """The runtime's command line, with the code at `task_root` (where the runtime sees it)."""
+    def runtime_argv(self, task_root: str | None = None, opt_root: str | None = None) -> list[str]:
+        """The runtime's command line, with the code at `task_root` and layers at `opt_root` (where the runtime
+        sees them). A custom runtime's `bootstrap` is the code's, else a layer's (Lambda looks in that order)."""
         if self.runtime.startswith(PYTHON_PREFIX):
             return [self.python, "-m", "awslambdaric", self.handler]
+        if (
+            opt_root is not None
+            and self.opt_dir is not None
+            and not os.path.lexists(os.path.join(self.code_dir, "bootstrap"))
+        ):
+            return [os.path.join(opt_root, "bootstrap")]
         return [os.path.join(task_root or self.code_dir, "bootstrap")]
 
-    def runtime_env(self, api_port: int, task_root: str | None = None) -> dict[str, str]:
+    def layer_env(self, opt_root: str) -> dict[str, str]:
+        """Where Lambda's runtimes look in layers: /opt/bin, /opt/lib, /opt/python, /opt/nodejs/node_modules."""
+        env = {
+            "PATH": f"{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}:{opt_root}/bin",
+            "LD_LIBRARY_PATH": f"{opt_root}/lib",
+            "NODE_PATH": f"{opt_root}/nodejs/node_modules",
+        }
+        if self.runtime.startswith(PYTHON_PREFIX):
+            version = self.runtime.removeprefix(PYTHON_PREFIX)
+            env["PYTHONPATH"] = f"{opt_root}/python/lib/python{version}/site-packages:{opt_root}/python"
+        return env
+
+    def runtime_env(self, api_port: int, task_root: str | None = None, opt_root: str | None = None) -> dict[str, str]:
         """The reserved Lambda environment plus the function's own variables (configuration-envvars)."""
         stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{self.version}]{self.instance_id}"
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": "en_US.UTF-8",
             "TZ": ":UTC",
+            **(self.layer_env(opt_root) if opt_root is not None else {}),
             **self.environment,
             **{name: os.environ[name] for name in self.passthrough_env if name in os.environ},
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api_port}",
             "_HANDLER": self.handler,
             "LAMBDA_TASK_ROOT": task_root or self.code_dir,
-            "LAMBDA_RUNTIME_DIR": os.path.dirname(self.runtime_argv(task_root)[0]),
+            "LAMBDA_RUNTIME_DIR": os.path.dirname(self.runtime_argv(task_root, opt_root)[0]),
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_LAMBDA_FUNCTION_NAME": self.name,
@@ -103,6 +125,9 @@ class Sandbox(runtime_api.RuntimeHost):
         self._isolation = isolation.detect(config.isolation)
         self._uid = isolation.lease_uid() if self._isolation.own_uid else None
         self._task_root = isolation.TASK_ROOT if self._isolation.enabled else config.code_dir
+        self._opt_root = (
+            None if config.opt_dir is None else isolation.OPT_ROOT if self._isolation.enabled else config.opt_dir
+        )
         self._memory = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
         self._api = runtime_api.RuntimeAPIServer(self, admit=self._admit)
         self._port = 0
@@ -127,6 +152,11 @@ class Sandbox(runtime_api.RuntimeHost):
         elif config.code_store:
             await asyncio.to_thread(
                 code.fetch_from_store, config.code_store, config.code_sha256 or "", config.code_dir,
+                function=config.function, credential=self._session.credential,
+            )  # fmt: skip
+        if config.layers and config.code_store and config.opt_dir:
+            await asyncio.to_thread(
+                code.fetch_layers, config.code_store, config.layers, config.opt_dir, code_dir=config.code_dir,
                 function=config.function, credential=self._session.credential,
             )  # fmt: skip
         self._port = await self._api.start()
@@ -166,16 +196,17 @@ class Sandbox(runtime_api.RuntimeHost):
         self._memory.reset_peak()
         try:
             argv = isolation.sandbox_argv(
-                self.config.runtime_argv(self._task_root),
+                self.config.runtime_argv(self._task_root, self._opt_root),
                 self._isolation,
                 code_dir=self.config.code_dir,
+                opt_dir=self.config.opt_dir,
                 uid=self._uid.uid if self._uid is not None else None,
                 read_only=isolation.python_roots(self.config.python),
             )
             proc = await asyncio.create_subprocess_exec(
                 *self._memory.wrap(argv),
                 cwd=self.config.code_dir,
-                env=self.config.runtime_env(self._port, self._task_root),
+                env=self.config.runtime_env(self._port, self._task_root, self._opt_root),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,

@@ -77,3 +77,49 @@ def test_code_files_in_subdirectories_are_placed_by_the_volume() -> None:
     assert config_map is not None and config_map["data"] == {"f0": "1", "f1": "2"}
     volume = resources.deployment(function, "1", OWNER, SETTINGS)["spec"]["template"]["spec"]["volumes"][0]
     assert volume["configMap"]["items"] == [{"key": "f0", "path": "a.py"}, {"key": "f1", "path": "pkg/b.py"}]
+
+
+SHA = "a" * 64
+
+
+def test_layers_are_versioned_and_unpacked_by_the_agent_under_opt() -> None:
+    base = resources.version_hash(spec())
+    assert resources.version_hash(spec(layers=[{"sha256": SHA}])) != base
+    store = resources.Settings(**{**SETTINGS.__dict__, "code_store": "http://10.96.0.9:8080"})
+    layered = fn(layers=[{"sha256": SHA}, {"sha256": "b" * 64}])
+    config = resources.sandbox_config(layered, "1", store)
+    assert config["layers"] == [SHA, "b" * 64] and config["opt_dir"] == "/opt"
+    assert config["code_store"] == "http://10.96.0.9:8080"  # inline code, but the layers come from the store
+    pod = resources.deployment(layered, "1", OWNER, store)["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["layers"]["mountPath"] == "/opt" and "readOnly" not in mounts["layers"]
+    assert {"name": "layers", "emptyDir": {"sizeLimit": "300Mi"}} in pod["volumes"]
+    plain = resources.deployment(fn(), "1", OWNER, store)["spec"]["template"]["spec"]
+    assert all(v["name"] != "layers" for v in plain["volumes"])
+    assert resources.sandbox_config(fn(), "1", store)["code_store"] is None
+
+
+def test_a_refused_code_is_read_from_the_pods_termination_message() -> None:
+    refused = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"message": "CodeRefused: x.zip: sha256 is 1, the Function says 2"}},
+                }
+            ]
+        }
+    }
+    assert resources.code_refusal(refused) == "x.zip: sha256 is 1, the Function says 2"
+    crashed = {"status": {"containerStatuses": [{"lastState": {"terminated": {"message": "Traceback ..."}}}]}}
+    assert resources.code_refusal(crashed) is None
+    assert resources.code_refusal({"status": {}}) is None
+
+
+def test_the_gateway_service_gives_both_addresses() -> None:
+    assert resources.gateway_endpoints("10.96.0.9", {"grpc": 9090, "http": 8080}) == (
+        "10.96.0.9:9090", "http://10.96.0.9:8080")  # fmt: skip
+    with pytest.raises(ValueError, match="grpc"):
+        resources.gateway_endpoints("10.96.0.9", {"http": 8080})
+    with pytest.raises(ValueError):
+        resources.gateway_endpoints("None", {"grpc": 9090, "http": 8080})  # a headless Service

@@ -285,3 +285,23 @@ def test_fuzz_links_that_are_kept_resolve_inside_as_the_kernel_resolves_them(lin
             return
         for name in links:
             assert Path(os.path.realpath(target / name)).is_relative_to(target.resolve()), (name, links)
+
+
+def test_overlay_merges_directories_and_the_later_file_wins(tmp_path: Path) -> None:
+    first, second, opt = tmp_path / "one", tmp_path / "two", tmp_path / "opt"
+    for root, files in ((first, {"python/a.py": "1", "python/shared.py": "one", "bin": None}),
+                        (second, {"python/shared.py": "two", "python/b.py": "2", "bin/tool": "t"})):  # fmt: skip
+        for name, text in files.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if text is None:
+                path.write_text("a file where the later layer has a directory")
+            else:
+                path.write_text(text)
+    opt.mkdir()
+    packages.overlay(first, opt)
+    packages.overlay(second, opt)
+    assert (opt / "python" / "shared.py").read_text() == "two"
+    assert (opt / "python" / "a.py").read_text() == "1" and (opt / "python" / "b.py").read_text() == "2"
+    assert (opt / "bin" / "tool").read_text() == "t"  # a directory replaced a file
+    assert not any(first.iterdir()) and not any(second.iterdir())

@@ -104,3 +104,20 @@ def test_a_sha256_alone_is_a_package_in_the_code_store_and_with_a_url_a_download
     download = parse_function(manifest(code={"url": "https://example.com/f.zip", "sha256": sha})).code
     assert (download.package, download.url, download.sha256) == (None, "https://example.com/f.zip", sha)
     assert parse_function(manifest()).code.package is None
+
+
+def test_layers_at_most_five_packages_in_order() -> None:
+    base = {
+        "metadata": {"name": "f"},
+        "spec": {"runtime": "python3.11", "handler": "a.b", "code": {"files": {"a.py": ""}}},
+    }
+    five = [{"sha256": f"{i:064x}"} for i in range(5)]
+    assert parse_function({**base, "spec": {**base["spec"], "layers": five}}).layers == tuple(
+        f"{i:064x}" for i in range(5)
+    )
+    with pytest.raises(SpecError, match="at most 5 layers"):
+        parse_function({**base, "spec": {**base["spec"], "layers": [*five, {"sha256": "f" * 64}]}})
+    with pytest.raises(SpecError, match=r"spec.layers\[0\].sha256"):
+        parse_function({**base, "spec": {**base["spec"], "layers": [{"sha256": "nothex"}]}})
+    with pytest.raises(SpecError, match=r"spec\.layers"):
+        parse_function({**base, "spec": {**base["spec"], "layers": "abc"}})
