@@ -196,3 +196,44 @@ def test_a_zip_that_escapes_its_directory_is_refused(
     sha = hashlib.sha256(zips["slip.zip"]).hexdigest()
     ready = refused(platform, "slip", {"url": f"{base}/slip.zip", "sha256": sha})
     assert "../../tmp/owned" in ready["message"], ready
+
+
+def test_two_layers_a_python_package_and_a_bootstrap(platform: Platform, tmp_path: Path) -> None:
+    def layer(name: str, files: dict[str, str]) -> str:
+        root = tmp_path / name
+        for path, text in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text)
+            if path == "bootstrap":
+                (root / path).chmod(0o755)
+        result = subprocess.run([sys.executable, "-m", "kambda", "layer", str(root), "--endpoint", platform.url],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return dict(f.split("=", 1) for f in result.stdout.split())["Sha256"]
+
+    library = layer("library", {"python/greeting.py": "def greet(who):\n    return f'hello {who} from a layer'\n"})
+    # A custom runtime in a layer: the function's code has no bootstrap; this one runs the image's Python client.
+    runtime = layer("runtime", {"bootstrap": "#!/bin/sh\nexport PYTHONPATH=/opt/python\n"
+                                             "exec python3 -m awslambdaric \"$_HANDLER\"\n"})  # fmt: skip
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app.py").write_text(
+        "import greeting\n\ndef handler(event, context):\n    return greeting.greet(event['who'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "kambda", "deploy", str(app), "--name", "layered", "--runtime", "provided",
+         "--handler", "app.handler", "--endpoint", platform.url, "--namespace", platform.namespace,
+         "--layer", library, "--layer", runtime],
+        capture_output=True, text=True, env=platform.kube.env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert eventually(lambda: platform.ready("layered", "1"), timeout=60), platform.operator_logs()
+    platform.wait_served("layered")
+    assert invoke(platform, "layered", {"who": "pod"}) == "hello pod from a layer"  # type: ignore[comparison-overlap]
+
+    six = {"apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "metadata": {"name": "six-layers"},
+           "spec": {"runtime": "python3.11", "handler": "app.handler", "code": {"files": {"app.py": "x"}},
+                    "layers": [{"sha256": library}] * 6}}  # fmt: skip
+    applied = platform.kube.apply(json.dumps(six), platform.namespace)
+    assert applied.returncode != 0 and "spec.layers" in applied.stderr, applied.stderr
+    assert platform.kube.get("function", "six-layers", platform.namespace) is None
