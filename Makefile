@@ -34,6 +34,7 @@ test-deps:
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	bash hack/build-k8s.sh
 	bash hack/get-helm.sh >/dev/null
+	bash hack/build-node-ric.sh >/dev/null
 
 lint: venv
 	$(BIN)/ruff check .

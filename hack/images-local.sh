@@ -1,11 +1,13 @@
 #!/bin/bash
 # images-local.sh - kambda's two images without Docker or a registry, imported into the test cluster's containerd:
 #   localhost/kambda-runtime:TAG  function pods: Python, the agent (grpcio, protobuf, httptools), awslambdaric, curl
+#   localhost/kambda-runtime-nodejs:TAG  nodejs20.x function pods: Debian trixie's Node.js 20, AWS's aws-lambda-ric
+#                                 (its native client built by hack/build-node-ric.sh), the agent on trixie's Python
 #   localhost/kambda:TAG          the gateway and the operator: `kambda[platform]` (aiohttp, kopf, nats, k8s client)
 # Each is a Debian bookworm rootfs from debootstrap (cached per image kind) with the project installed from the
 # working tree by the host's pip (`--target` the rootfs's dist-packages: same Python 3.11, same wheels; the rootfs
 # needs no pip of its own), packed as a single-layer docker-archive. TAG is a digest of the sources, so an unchanged
-# tree reuses the cached tarballs. Prints `runtime IMAGE` and `platform IMAGE`.
+# tree reuses the cached tarballs. Prints one line per image: KIND IMAGE BYTES.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 K8S_CACHE=${K8S_CACHE:-/var/cache/k8s-test-cluster}
@@ -13,20 +15,19 @@ CACHE=$K8S_CACHE/images
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null)}
 CTR="ctr --address ${CTRD_SOCK:-/run/lc-containerd/containerd.sock} -n k8s.io"
-SITE=usr/local/lib/python3.11/dist-packages  # on Debian's sys.path; pip never touches it inside the image
 mkdir -p "$CACHE"
 
 cd "$ROOT"
-TAG=$(find kambda gateway runtime operator pyproject.toml hack/images-local.sh -type f \
+TAG=$(find kambda gateway runtime operator pyproject.toml hack/images-local.sh hack/build-node-ric.sh -type f \
   \( -name '*.py' -o -name '*.proto' -o -name '*.toml' -o -name '*.sh' \) \
   -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-12)
 
-base() { # base NAME PACKAGES -> a cached, trimmed debootstrap rootfs tarball
-  local out=$CACHE/$1-base.tar root
+base() { # base NAME PACKAGES [SUITE] -> a cached, trimmed debootstrap rootfs tarball
+  local out=$CACHE/$1-base.tar root suite=${3:-bookworm}
   if [ ! -s "$out" ]; then
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     root=$(mktemp -d)
-    debootstrap --variant=minbase --include="$2" bookworm "$root" "$DEBIAN_MIRROR" > "$CACHE/debootstrap-$1.log" 2>&1 \
+    debootstrap --variant=minbase --include="$2" "$suite" "$root" "$DEBIAN_MIRROR" > "$CACHE/debootstrap-$1.log" 2>&1 \
       || { tail -20 "$CACHE/debootstrap-$1.log" >&2; exit 1; }
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/* \
       "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/usr/share/info/* \
@@ -45,19 +46,29 @@ quiet() { # run a command, showing its output only if it fails
 
 WHEELS=$(mktemp -d)
 trap 'rm -rf "$WHEELS"' EXIT
-build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON
-  local kind=$1 image=$2 out=$CACHE/$1-$TAG.tar rootfs
+build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON [SUITE PYTHON_VERSION]
+  local kind=$1 image=$2 out=$CACHE/$1-$TAG.tar rootfs suite=${6:-bookworm} py=${7:-3.11} site target=()
+  # On Debian's sys.path, and never touched by a pip inside the image (there is none).
+  site=usr/local/lib/python$py/dist-packages
+  # Another Python than the host's: the wheels for that version and this platform, binary only.
+  [ "$py" = 3.11 ] || target=(--python-version "$py" --only-binary=:all: --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --implementation cp)
   if [ ! -s "$out" ]; then
     [ -n "$(ls "$WHEELS")" ] || quiet "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$WHEELS" "$ROOT"
     rootfs=$(mktemp -d)
-    tar -C "$rootfs" -xf "$(base "$kind" "$3")"
-    mkdir -p "$rootfs/var/task" "$rootfs/$SITE"
+    tar -C "$rootfs" -xf "$(base "$kind" "$3" "$suite")"
+    mkdir -p "$rootfs/var/task" "$rootfs/$site"
     # The pods' uid has a name: getpass/pwd lookups (Kopf's peering identity, `id`) must not fail.
     echo "kambda:x:1000:1000:kambda:/nonexistent:/usr/sbin/nologin" >> "$rootfs/etc/passwd"
     echo "kambda:x:1000:" >> "$rootfs/etc/group"
     # pip's resolver warnings compare against the host's own environment, not the target: not ours to act on.
-    quiet "$PYTHON" -m pip install -q --no-warn-script-location --target "$rootfs/$SITE" "$(ls "$WHEELS"/kambda-*.whl)$4"
-    rm -rf "$rootfs/$SITE/bin"  # console scripts pointing at the host's interpreter; images use python3 -m
+    quiet "$PYTHON" -m pip install -q --no-warn-script-location "${target[@]}" --target "$rootfs/$site" \
+      "$(ls "$WHEELS"/kambda-*.whl)$4"
+    rm -rf "$rootfs/$site/bin"  # console scripts pointing at the host's interpreter; images use python3 -m
+    if [ -n "${NODE_RIC:-}" ] && [ "$kind" = kambda-runtime-nodejs ]; then
+      mkdir -p "$rootfs/usr/local/lib/kambda-node/node_modules"
+      cp -a "$NODE_RIC" "$rootfs/usr/local/lib/kambda-node/node_modules/aws-lambda-ric"
+    fi
     bash "$ROOT/hack/test-cluster.sh" pack-rootfs "$rootfs" "$image" "$out.tmp" "$5"
     mv "$out.tmp" "$out"
     rm -rf "$rootfs"
@@ -73,4 +84,9 @@ build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON
 # Function pods: the agent and the Python runtime interface client only (curl for `provided` shell bootstraps).
 build kambda-runtime "localhost/kambda-runtime:$TAG" python3,curl,ca-certificates "[python-runtime]" \
   '["python3","-m","kambda.runtime.agent"]'
+# nodejs20.x: Debian trixie's Node.js 20 (bookworm has 18) and AWS's unmodified client; the agent runs on trixie's
+# Python 3.13. Its pods need no Python client, so the bare distribution (the agent) is all that is installed.
+NODE_RIC=$(bash "$ROOT/hack/build-node-ric.sh")
+NODE_RIC=$NODE_RIC build kambda-runtime-nodejs "localhost/kambda-runtime-nodejs:$TAG" python3,nodejs,ca-certificates \
+  "" '["python3","-m","kambda.runtime.agent"]' trixie 3.13
 build kambda "localhost/kambda:$TAG" python3,ca-certificates "[platform]" '["python3","-m","kambda"]'

@@ -149,6 +149,13 @@ def _layer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime_image(item: str) -> tuple[str, str]:
+    runtime, sep, image = item.partition("=")
+    if not sep or not runtime or not image:
+        raise SystemExit(f"kambda operator: --runtime-image-for {item!r}: expected RUNTIME=IMAGE")
+    return runtime, image
+
+
 def _key_value(item: str) -> tuple[str, str]:
     from kambda.deploying import DeployFailed
 
@@ -222,6 +229,7 @@ def _operator(args: argparse.Namespace) -> int:
     logs.configure()
     settings = Settings(
         runtime_image=args.runtime_image,
+        runtime_images=dict(_runtime_image(item) for item in args.runtime_image_for or ()),
         gateway_address=args.gateway_address,
         signing_key=kubeconfig.signing_key(args.signing_key_file),
         image_pull_policy=args.image_pull_policy,
@@ -347,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="run the Kubernetes operator (Function and Alias resources)")
     op.add_argument("--namespace", help="watch one namespace (default: all)")
     op.add_argument("--runtime-image", default="localhost/kambda-runtime:0.1.0", help="image of function pods")
+    op.add_argument(
+        "--runtime-image-for",
+        action="append",
+        metavar="RUNTIME=IMAGE",
+        help="the image of another runtime's pods, e.g. nodejs20.x=localhost/kambda-runtime-nodejs:0.1.0",
+    )
     op.add_argument("--image-pull-policy", default="IfNotPresent")
     op.add_argument("--gateway-address", default="kambda-gateway.kambda-system.svc:9090",
                     help="host:port where function pods reach the gateway's runtime interface")  # fmt: skip

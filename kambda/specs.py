@@ -15,8 +15,10 @@ from typing import Any
 from .naming import API_VERSION
 
 PYTHON_RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "python3.13")
+NODEJS_RUNTIMES = ("nodejs18.x", "nodejs20.x", "nodejs22.x")
 PROVIDED_RUNTIMES = ("provided", "provided.al2", "provided.al2023")
-RUNTIMES = PYTHON_RUNTIMES + PROVIDED_RUNTIMES
+RUNTIMES = PYTHON_RUNTIMES + NODEJS_RUNTIMES + PROVIDED_RUNTIMES
+MANAGED_RUNTIMES = PYTHON_RUNTIMES + NODEJS_RUNTIMES  # the handler is module.function, run by AWS's client
 
 EGRESS = ("all", "cluster", "none")
 MEMORY_MB = (128, 10240)
@@ -220,10 +222,10 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     runtime = r.string(spec, "runtime", "spec", required=True) or ""
     if runtime and runtime not in RUNTIMES:
         r.fail("spec.runtime", f"must be one of {', '.join(RUNTIMES)}")
-    handler = r.string(spec, "handler", "spec", required=runtime in PYTHON_RUNTIMES) or ""
+    handler = r.string(spec, "handler", "spec", required=runtime in MANAGED_RUNTIMES) or ""
     if handler and not HANDLER_RE.fullmatch(handler):
         r.fail("spec.handler", "must be 1-128 characters without white space")
-    if runtime in PYTHON_RUNTIMES and handler and "." not in handler:
+    if runtime in MANAGED_RUNTIMES and handler and "." not in handler:
         r.fail("spec.handler", "must be module.function (e.g. app.handler)")
 
     code = _parse_code(r, spec)

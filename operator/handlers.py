@@ -64,6 +64,10 @@ async def reconcile_function(
     if fn.code.image is not None:
         _not_ready(patch, body, "UnsupportedCode", "container-image functions: not supported on Kubernetes yet")
         raise kopf.PermanentError("container-image functions")
+    if settings.image_for(fn.runtime) is None:
+        what = f"runtime {fn.runtime} is not offered by this installation; it offers {', '.join(settings.offered())}"
+        _not_ready(patch, body, "UnsupportedRuntime", what)
+        raise kopf.PermanentError(what)
     if resources.needs_code_store(fn) and settings.code_store is None:
         what = "code.sha256 or layers name packages in the code store, but this operator knows no code store"
         _not_ready(patch, body, "NoCodeStore", what + " (--gateway-service or --code-store-url)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kambda import credentials, naming
@@ -22,6 +22,10 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_HASH = "kambda.dev/version-hash"
 TASK_ROOT = "/var/task"
 LAYERS_ROOT = "/opt"  # where Lambda unpacks a function's layers
+# The runtime image (hack/images-local.sh, images/runtime.Dockerfile) is Debian bookworm's Python 3.11 with
+# awslambdaric: it runs python3.11 and custom runtimes. Other runtimes need an image of their own (runtime_images).
+DEFAULT_IMAGE_RUNTIMES = ("python3.11", "provided", "provided.al2", "provided.al2023")
+NODE_RIC_IN_IMAGE = "/usr/local/lib/kambda-node/node_modules/aws-lambda-ric"  # the Node.js runtime image's client
 MILLICPU_PER_MB = 1000 / 1769  # Lambda: 1,769 MB of memory = 1 vCPU
 AGENT_MEMORY_MB = 64  # the agent's own share of the pod's memory limit, on top of the function's
 
@@ -35,6 +39,16 @@ class Settings:
     region: str = "us-east-1"
     gateway_selector: Mapping[str, str] | None = None  # labels of gateway pods (NetworkPolicy egress)
     code_store: str | None = None  # base URL of the gateway's code store as pods reach it (packages by sha256)
+    runtime_images: Mapping[str, str] = field(default_factory=dict)  # runtime -> image, beyond runtime_image's
+
+    def image_for(self, runtime: str) -> str | None:
+        """The function-pod image that runs `runtime`, or None: this installation does not offer it."""
+        if runtime in self.runtime_images:
+            return self.runtime_images[runtime]
+        return self.runtime_image if runtime in DEFAULT_IMAGE_RUNTIMES else None
+
+    def offered(self) -> list[str]:
+        return sorted({*DEFAULT_IMAGE_RUNTIMES, *self.runtime_images})
 
 
 def gateway_endpoints(cluster_ip: str, ports: Mapping[str, int]) -> tuple[str, str]:
@@ -146,6 +160,8 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
         "code_sha256": fn.code.sha256,
         # A package (a sha256 without a URL) and layers come from the code store, with the function's credential.
         "code_store": settings.code_store if needs_code_store(fn) else None,
+        "node": "/usr/bin/node",
+        "node_ric": NODE_RIC_IN_IMAGE,
         "layers": list(fn.layers),
         "opt_dir": LAYERS_ROOT if fn.layers else None,
     }
@@ -190,7 +206,7 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
         "containers": [
             {
                 "name": "function",
-                "image": settings.runtime_image,
+                "image": settings.image_for(fn.runtime) or settings.runtime_image,
                 "imagePullPolicy": settings.image_pull_policy,
                 "command": ["python3", "-m", "kambda.runtime.agent"],
                 "env": env,

@@ -25,6 +25,7 @@ GATEWAY_UID = 1000  # the chart's pod securityContext
 @dataclass(frozen=True)
 class Images:
     runtime: str
+    nodejs: str
     platform: str
     sizes: dict[str, int]  # image -> bytes of its uncompressed tarball
 
@@ -40,6 +41,7 @@ def build_images() -> Images:
         found[kind] = (image, int(size))
     return Images(
         runtime=found["kambda-runtime"][0],
+        nodejs=found["kambda-runtime-nodejs"][0],
         platform=found["kambda"][0],
         sizes={image: size for image, size in found.values()},
     )
@@ -79,9 +81,11 @@ class Release:
         self._create_volume()
         repo, _, tag = self.images.platform.rpartition(":")
         runtime_repo, _, runtime_tag = self.images.runtime.rpartition(":")
+        nodejs_repo, _, nodejs_tag = self.images.nodejs.rpartition(":")
         values = {
             "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
             "runtimeImage": {"repository": runtime_repo, "tag": runtime_tag, "pullPolicy": "Never"},
+            "nodejsRuntimeImage": {"repository": nodejs_repo, "tag": nodejs_tag},
             "functionsNamespace": self.functions,
             "signingKey": SIGNING_KEY,
             "gateway": {

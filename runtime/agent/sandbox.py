@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import logging
 import os
 import sys
@@ -26,6 +27,18 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 PYTHON_PREFIX = "python"
+NODE_PREFIX = "nodejs"
+# Where hack/build-node-ric.sh leaves AWS's Node.js runtime interface client (its native part built) on a host.
+NODE_RIC_CACHE = "/var/cache/kambda"
+
+
+def default_node_ric() -> str | None:
+    """The aws-lambda-ric package directory for nodejs* functions: $KAMBDA_NODE_RIC, else the newest build cached
+    by hack/build-node-ric.sh."""
+    if os.environ.get("KAMBDA_NODE_RIC"):
+        return os.environ["KAMBDA_NODE_RIC"]
+    builds = sorted(glob.glob(os.path.join(NODE_RIC_CACHE, "node-ric-*", "node_modules", "aws-lambda-ric")))
+    return builds[-1] if builds else None
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,8 @@ class SandboxConfig:
     code_sha256: str | None = None  # hex; alone with code_store: the package with this hash in kambda's code store
     code_store: str | None = None  # base URL of the gateway's code store (http://host:port)
     isolation: str = "none"  # auto | bwrap | none (isolation.py); a pod is isolated by Kubernetes
+    node: str = "node"  # the Node.js interpreter of nodejs* functions
+    node_ric: str | None = field(default_factory=default_node_ric)  # the aws-lambda-ric package directory
     layers: tuple[str, ...] = ()  # hex SHA-256s of layer packages; fetched from code_store into opt_dir
     opt_dir: str | None = None  # the layers' merged tree (the runtime sees it at /opt when isolated or in a pod)
 
@@ -61,6 +76,10 @@ class SandboxConfig:
         sees them). A custom runtime's `bootstrap` is the code's, else a layer's (Lambda looks in that order)."""
         if self.runtime.startswith(PYTHON_PREFIX):
             return [self.python, "-m", "awslambdaric", self.handler]
+        if self.runtime.startswith(NODE_PREFIX):
+            # Unmodified: the client's own entry point, which loads the handler from its working directory.
+            ric = self.node_ric or "aws-lambda-ric-not-installed"
+            return [self.node, os.path.join(ric, "bin", "index.mjs"), self.handler]
         if (
             opt_root is not None
             and self.opt_dir is not None
@@ -104,8 +123,13 @@ class SandboxConfig:
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         }
-        if self.runtime.startswith(PYTHON_PREFIX):
+        if self.runtime.startswith((PYTHON_PREFIX, NODE_PREFIX)):
             env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_{self.runtime}"
+        if self.runtime.startswith(NODE_PREFIX) and "NODE_PATH" not in self.environment:
+            # Lambda's module search path for Node.js: layers (the version's own first), then the code.
+            opt, major = opt_root or "/opt", self.runtime.removeprefix(NODE_PREFIX).split(".")[0]
+            task = env["LAMBDA_TASK_ROOT"]
+            env["NODE_PATH"] = f"{opt}/nodejs/node{major}/node_modules:{opt}/nodejs/node_modules:{task}"
         return env
 
 
@@ -191,6 +215,13 @@ class Sandbox(runtime_api.RuntimeHost):
         sock = transport.get_extra_info("socket")
         return sock is not None and peers.peer_uid(sock) == self._uid.uid
 
+    def _runtime_roots(self) -> tuple[str, ...]:
+        """What the runtime's interpreter and client need visible in the sandbox (read-only)."""
+        roots = isolation.python_roots(self.config.python)
+        if self.config.runtime.startswith(NODE_PREFIX) and self.config.node_ric:
+            roots += (os.path.dirname(os.path.realpath(self.config.node_ric)),)  # its node_modules
+        return roots
+
     async def _spawn(self) -> asyncio.subprocess.Process:
         read_fd, write_fd = os.pipe()
         self._memory.reset_peak()
@@ -201,7 +232,7 @@ class Sandbox(runtime_api.RuntimeHost):
                 code_dir=self.config.code_dir,
                 opt_dir=self.config.opt_dir,
                 uid=self._uid.uid if self._uid is not None else None,
-                read_only=isolation.python_roots(self.config.python),
+                read_only=self._runtime_roots(),
             )
             proc = await asyncio.create_subprocess_exec(
                 *self._memory.wrap(argv),

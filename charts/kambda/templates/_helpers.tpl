@@ -10,6 +10,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kambda.runtimeImage" -}}
 {{ .Values.runtimeImage.repository }}:{{ .Values.runtimeImage.tag | default .Chart.AppVersion }}
 {{- end }}
+{{- define "kambda.nodejsRuntimeImage" -}}
+{{ .Values.nodejsRuntimeImage.repository }}:{{ .Values.nodejsRuntimeImage.tag | default .Chart.AppVersion }}
+{{- end }}
 {{- define "kambda.functionsNamespace" -}}
 {{ .Values.functionsNamespace | default .Release.Namespace }}
 {{- end }}
