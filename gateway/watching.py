@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client, watch
@@ -15,7 +15,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kambda import naming
 from kambda.naming import ALIASES, FUNCTIONS, GROUP, VERSION
-from kambda.specs import SpecError, parse_function
+from kambda.specs import VERSIONED_FIELDS, SpecError, parse_function
 
 from .registry import FunctionVersion, Registry
 
@@ -86,7 +86,10 @@ class Watcher:
             snapshot = await self._snapshot(namespace, name, number)
             if snapshot is None:
                 continue
-            manifest = {"metadata": {"name": name, "namespace": namespace}, "spec": {**body["spec"], **snapshot}}
+            manifest = {
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": version_spec(body["spec"], snapshot),
+            }
             try:
                 spec = parse_function(manifest)
             except SpecError as exc:
@@ -120,3 +123,10 @@ class Watcher:
             self._registry.put_alias(
                 meta["namespace"], function, meta["name"], {str(k): float(v) for k, v in routing.items()}
             )
+
+
+def version_spec(function_spec: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """A version's spec: the function's own settings (scaling, concurrency, async) from its current spec, every
+    versioned field from the version's snapshot only (a field added in a later version must not leak into it)."""
+    shared = {k: v for k, v in function_spec.items() if k not in VERSIONED_FIELDS}
+    return {**shared, **snapshot}
