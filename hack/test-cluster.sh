@@ -73,15 +73,15 @@ KUBECTL=${KUBECTL:-$( [ -x "$K8S_BIN/kubectl" ] && echo "$K8S_BIN/kubectl" || co
 kc() { "$KUBECTL" --kubeconfig "$KCFG" "$@"; }
 
 # ---------------------------------------------------------------- image helpers
-mkimage() { # mkimage ROOTFS NAME:TAG OUT.tar ENTRYPOINT_JSON CMD_JSON -> single-layer docker-archive
-  local rootfs=$1 ref=$2 out=$3 entry=${4:-null} cmd=${5:-null} work lsha csha
+mkimage() { # mkimage ROOTFS NAME:TAG OUT.tar ENTRYPOINT_JSON CMD_JSON [WORKDIR] -> single-layer docker-archive
+  local rootfs=$1 ref=$2 out=$3 entry=${4:-null} cmd=${5:-null} workdir=${6:-/} work lsha csha
   work=$(mktemp -d)
   tar --numeric-owner --sort=name --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
   lsha=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
   mkdir "$work/$lsha"; mv "$work/layer.tar" "$work/$lsha/layer.tar"
   cat > "$work/config.json" <<JSON
 {"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z",
- "config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":$entry,"Cmd":$cmd,"WorkingDir":"/"},
+ "config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":$entry,"Cmd":$cmd,"WorkingDir":"$workdir"},
  "rootfs":{"type":"layers","diff_ids":["sha256:$lsha"]},
  "history":[{"created":"1970-01-01T00:00:00Z","created_by":"local-cluster.sh mkimage"}]}
 JSON
@@ -395,8 +395,8 @@ EOF
   log "smoke: passed, cleaned up"
 }
 
-cmd_pack_rootfs() { # DIR NAME:TAG OUT.tar [ENTRYPOINT_JSON]: a single-layer image tarball, not imported
-  mkimage "$1" "$2" "$3" "${4:-null}" null
+cmd_pack_rootfs() { # DIR NAME:TAG OUT.tar [ENTRYPOINT_JSON [CMD_JSON [WORKDIR]]]: an image tarball, not imported
+  mkimage "$1" "$2" "$3" "${4:-null}" "${5:-null}" "${6:-/}"
 }
 
 cmd_import_rootfs() { # DIR NAME:TAG [CMD_JSON]

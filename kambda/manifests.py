@@ -52,6 +52,9 @@ def load_directory(directory: Path) -> list[FunctionSpec]:
             spec = parse_function(doc)
         except SpecError as exc:
             raise ManifestError(f"{path}: " + "; ".join(exc.errors)) from exc
+        if spec.code.image is not None:
+            raise ManifestError(f"{path}: spec.code.image: container-image functions run on Kubernetes only "
+                                "(the local backend has no container runtime)")  # fmt: skip
         if spec.code.files is None and spec.code.path is None and spec.code.package is None:
             raise ManifestError(
                 f"{path}: spec.code: the local backend runs inline files, a path or a package (sha256 alone)"

@@ -30,7 +30,7 @@ MAX_EVENT_AGE_SECONDS = (60, 21600)
 # function's and change without a new version.
 VERSIONED_FIELDS = (
     "runtime", "handler", "code", "memoryMB", "timeoutSeconds", "environment", "secretEnvironment",
-    "serviceAccountName", "network", "layers",
+    "serviceAccountName", "network", "layers", "imageConfig",
 )  # fmt: skip
 MAX_LAYERS = 5  # Lambda's limit per function
 
@@ -93,6 +93,13 @@ class Code:
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    entry_point: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
+    working_directory: str | None = None
+
+
+@dataclass(frozen=True)
 class SecretEnv:
     name: str
     secret_name: str
@@ -139,6 +146,7 @@ class FunctionSpec:
     egress: str = "all"  # all | cluster | none (the NetworkPolicy, Lambda's VPC settings)
     retain_versions: int = 5
     layers: tuple[str, ...] = ()  # hex SHA-256s of code-store packages, unpacked in order under /opt
+    image_config: ImageConfig = ImageConfig()  # a container-image function's overrides of its image
 
     @property
     def is_python(self) -> bool:
@@ -219,10 +227,12 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     if "spec" not in manifest:
         r.fail("spec", "is required")
 
-    runtime = r.string(spec, "runtime", "spec", required=True) or ""
+    # A container image brings its own runtime (Lambda's PackageType Image has none).
+    is_image = isinstance(spec.get("code"), Mapping) and "image" in spec["code"]
+    runtime = r.string(spec, "runtime", "spec", required=not is_image) or ""
     if runtime and runtime not in RUNTIMES:
         r.fail("spec.runtime", f"must be one of {', '.join(RUNTIMES)}")
-    handler = r.string(spec, "handler", "spec", required=runtime in MANAGED_RUNTIMES) or ""
+    handler = r.string(spec, "handler", "spec", required=runtime in MANAGED_RUNTIMES and not is_image) or ""
     if handler and not HANDLER_RE.fullmatch(handler):
         r.fail("spec.handler", "must be 1-128 characters without white space")
     if runtime in MANAGED_RUNTIMES and handler and "." not in handler:
@@ -257,6 +267,9 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         r.fail("spec.network.egress", f"must be one of {', '.join(EGRESS)}")
     retain = r.integer(spec, "retainVersions", "spec", (1, None))
     layers = _parse_layers(r, spec)
+    image_config = _parse_image_config(r, spec)
+    if is_image and layers:
+        r.fail("spec.layers", "a container-image function has no layers (its image holds what they would)")
 
     if r.errors:
         raise SpecError(r.errors)
@@ -287,7 +300,24 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         egress=egress,
         retain_versions=retain or 5,
         layers=layers,
+        image_config=image_config,
     )
+
+
+def _parse_image_config(r: _Reader, spec: Mapping[str, Any]) -> ImageConfig:
+    """Lambda's ImageConfig: EntryPoint and Command replace the image's, WorkingDirectory its working directory."""
+    raw = r.mapping(spec, "imageConfig", "spec")
+    lists: dict[str, tuple[str, ...] | None] = {}
+    for key in ("entryPoint", "command"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            r.fail(f"spec.imageConfig.{key}", "must be a list of strings")
+            value = None
+        lists[key] = tuple(value) if value is not None else None
+    working = r.string(raw, "workingDirectory", "spec.imageConfig")
+    if working is not None and not working.startswith("/"):
+        r.fail("spec.imageConfig.workingDirectory", "must be an absolute path")
+    return ImageConfig(entry_point=lists["entryPoint"], command=lists["command"], working_directory=working)
 
 
 def _parse_layers(r: _Reader, spec: Mapping[str, Any]) -> tuple[str, ...]:

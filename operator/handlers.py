@@ -61,10 +61,7 @@ async def reconcile_function(
         what = "code.path is a directory on the local backend's host: `kambda deploy DIR` packages and uploads it"
         _not_ready(patch, body, "UnsupportedCode", what)
         raise kopf.PermanentError(what)
-    if fn.code.image is not None:
-        _not_ready(patch, body, "UnsupportedCode", "container-image functions: not supported on Kubernetes yet")
-        raise kopf.PermanentError("container-image functions")
-    if settings.image_for(fn.runtime) is None:
+    if fn.code.image is None and settings.image_for(fn.runtime) is None:
         what = f"runtime {fn.runtime} is not offered by this installation; it offers {', '.join(settings.offered())}"
         _not_ready(patch, body, "UnsupportedRuntime", what)
         raise kopf.PermanentError(what)

@@ -26,6 +26,7 @@ LAYERS_ROOT = "/opt"  # where Lambda unpacks a function's layers
 # awslambdaric: it runs python3.11 and custom runtimes. Other runtimes need an image of their own (runtime_images).
 DEFAULT_IMAGE_RUNTIMES = ("python3.11", "provided", "provided.al2", "provided.al2023")
 NODE_RIC_IN_IMAGE = "/usr/local/lib/kambda-node/node_modules/aws-lambda-ric"  # the Node.js runtime image's client
+IMAGE_RUNTIME_API_PORT = 9001  # where a container image's client finds the Runtime API (Lambda's)
 MILLICPU_PER_MB = 1000 / 1769  # Lambda: 1,769 MB of memory = 1 vCPU
 AGENT_MEMORY_MB = 64  # the agent's own share of the pod's memory limit, on top of the function's
 
@@ -160,6 +161,8 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
         "code_sha256": fn.code.sha256,
         # A package (a sha256 without a URL) and layers come from the code store, with the function's credential.
         "code_store": settings.code_store if needs_code_store(fn) else None,
+        "external_runtime": fn.code.image is not None,
+        "runtime_api_port": IMAGE_RUNTIME_API_PORT if fn.code.image is not None else 0,
         "node": "/usr/bin/node",
         "node_ric": NODE_RIC_IN_IMAGE,
         "layers": list(fn.layers),
@@ -234,6 +237,8 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
             *([{"name": "layers", "emptyDir": {"sizeLimit": "300Mi"}}] if fn.layers else []),
         ],
     }
+    if fn.code.image is not None:
+        pod_spec = _image_pod(pod_spec, fn, version, settings, cpu)
     if fn.service_account_name is not None:
         pod_spec["serviceAccountName"] = fn.service_account_name
     return {
@@ -246,6 +251,70 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
             "selector": {"matchLabels": {LABEL_FUNCTION: fn.name, LABEL_VERSION: version}},
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
+    }
+
+
+def _image_pod(
+    pod_spec: dict[str, Any], fn: FunctionSpec, version: str, settings: Settings, cpu: str
+) -> dict[str, Any]:
+    """A container-image function's pod: the user's image, unmodified, runs its own entry point (which starts its
+    runtime interface client because AWS_LAMBDA_RUNTIME_API is set); the agent beside it serves that Runtime API
+    on 127.0.0.1:9001. One process namespace, so the agent sees the runtime's processes: it ends them at the
+    deadline and notices when they exit (external.py)."""
+    agent = {**pod_spec["containers"][0], "name": "agent"}
+    agent_memory = f"{AGENT_MEMORY_MB}Mi"
+    agent["resources"] = {"requests": {"memory": agent_memory, "cpu": "50m"}, "limits": {"memory": agent_memory}}
+    agent["volumeMounts"] = [{"name": "agent-tmp", "mountPath": "/tmp"}]
+    config = fn.image_config
+    memory = f"{fn.memory_mb}Mi"
+    function: dict[str, Any] = {
+        "name": "function",
+        "image": fn.code.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": [
+            *({"name": k, "value": v} for k, v in lambda_environment(fn, version, settings).items()),
+            *(
+                {"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret_name, "key": e.key}}}
+                for e in fn.secret_environment
+            ),
+        ],
+        "resources": {"requests": {"memory": memory, "cpu": cpu}, "limits": {"memory": memory}},
+        "securityContext": agent["securityContext"],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if config.entry_point is not None:
+        function["command"] = list(config.entry_point)
+    if config.command is not None:
+        function["args"] = list(config.command)
+    if config.working_directory is not None:
+        function["workingDir"] = config.working_directory
+    return {
+        **pod_spec,
+        "shareProcessNamespace": True,
+        "containers": [function, agent],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}},
+            {"name": "agent-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+
+
+def lambda_environment(fn: FunctionSpec, version: str, settings: Settings) -> dict[str, str]:
+    """The reserved variables Lambda gives a container-image function's runtime, and the function's own (the
+    agent builds the same per process for the runtimes it starts itself)."""
+    return {
+        "LANG": "en_US.UTF-8",
+        "TZ": ":UTC",
+        **fn.environment,
+        "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{IMAGE_RUNTIME_API_PORT}",
+        "LAMBDA_TASK_ROOT": TASK_ROOT,
+        "AWS_REGION": settings.region,
+        "AWS_DEFAULT_REGION": settings.region,
+        "AWS_LAMBDA_FUNCTION_NAME": fn.name,
+        "AWS_LAMBDA_FUNCTION_VERSION": version,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.name}",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
     }
 
 

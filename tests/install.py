@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -161,3 +162,59 @@ class Release:
                 return False
 
         return bool(eventually(answers, timeout=timeout))
+
+
+CACHE = Path("/var/cache/k8s-test-cluster/images")
+CTR = ["ctr", "--address", "/run/lc-containerd/containerd.sock", "-n", "k8s.io"]
+PYTHON_ENTRYPOINT = """\
+#!/bin/sh
+# As AWS's base images do: the runtime interface client when a Runtime API is given (Lambda, or kambda's agent).
+if [ -z "${AWS_LAMBDA_RUNTIME_API:-}" ]; then echo "AWS_LAMBDA_RUNTIME_API is not set" >&2; exit 64; fi
+exec python3 -m awslambdaric "$@"
+"""
+NODE_ENTRYPOINT = """\
+#!/bin/sh
+if [ -z "${AWS_LAMBDA_RUNTIME_API:-}" ]; then echo "AWS_LAMBDA_RUNTIME_API is not set" >&2; exit 64; fi
+exec node /usr/local/lib/node_modules/aws-lambda-ric/bin/index.mjs "$@"
+"""
+
+
+def function_image(name: str, language: str, files: dict[str, str], tmp: Path) -> str:
+    """A Lambda-style container image, laid out as a user's Dockerfile on an AWS base image would lay it out
+    (FROM a Debian rootfs with the language, the runtime interface client installed, /lambda-entrypoint.sh as
+    ENTRYPOINT, the handler as CMD, the code in WORKDIR /var/task), built without Docker and imported."""
+    import hashlib
+    import tarfile
+
+    base = CACHE / ("kambda-runtime-base.tar" if language == "python" else "kambda-runtime-nodejs-base.tar")
+    root = tmp / f"{name}-rootfs"
+    root.mkdir()
+    with tarfile.open(base) as archive:
+        archive.extractall(root, filter="fully_trusted")  # our own debootstrap tarball (device nodes, links)
+    task = root / "var" / "task"
+    task.mkdir(parents=True, exist_ok=True)
+    for path, text in files.items():
+        (task / path).write_text(text)
+    entry = root / "lambda-entrypoint.sh"
+    if language == "python":
+        entry.write_text(PYTHON_ENTRYPOINT)
+        site = root / "usr/local/lib/python3.11/dist-packages"
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), "awslambdaric"],
+                       check=True, capture_output=True, timeout=600)  # fmt: skip
+        cmd = '["app.handler"]'
+    else:
+        entry.write_text(NODE_ENTRYPOINT)
+        ric = subprocess.run(["bash", str(ROOT / "hack" / "build-node-ric.sh")], capture_output=True, text=True,
+                             check=True, timeout=900).stdout.strip()  # fmt: skip
+        shutil.copytree(ric, root / "usr/local/lib/node_modules/aws-lambda-ric", symlinks=True)
+        cmd = '["index.handler"]'
+    entry.chmod(0o755)
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+    image = f"localhost/{name}:{digest}"
+    out = tmp / f"{name}.tar"
+    pack = ["bash", str(ROOT / "hack" / "test-cluster.sh"), "pack-rootfs", str(root), image, str(out)]
+    subprocess.run([*pack, '["/lambda-entrypoint.sh"]', cmd, "/var/task"], check=True, capture_output=True, timeout=600)
+    subprocess.run([*CTR, "images", "import", str(out)], check=True, capture_output=True, timeout=600)
+    shutil.rmtree(root)
+    out.unlink()
+    return image

@@ -57,10 +57,16 @@ def timeout_error(request_id: str, timeout_seconds: float) -> bytes:
     )
 
 
-def exit_error(request_id: str, returncode: int) -> bytes:
-    # Go's os/exec wording, which Lambda's own messages use.
+def exit_reason(returncode: int | None) -> str:
+    """Go's os/exec wording, which Lambda's own messages use; None: a status the agent cannot see."""
+    if returncode is None:
+        return "Runtime exited without providing a reason"
     status = f"signal: {_signal_name(-returncode)}" if returncode < 0 else f"exit status {returncode}"
-    return error_payload("Runtime.ExitError", f"RequestId: {request_id} Error: Runtime exited with error: {status}")
+    return f"Runtime exited with error: {status}"
+
+
+def exit_error(request_id: str, returncode: int | None) -> bytes:
+    return error_payload("Runtime.ExitError", f"RequestId: {request_id} Error: {exit_reason(returncode)}")
 
 
 def _signal_name(signum: int) -> str:

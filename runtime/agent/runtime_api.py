@@ -402,13 +402,13 @@ class RuntimeAPIServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self) -> int:
-        """Listen on an ephemeral loopback port; returns it."""
+    async def start(self, port: int = 0) -> int:
+        """Listen on a loopback port (0: an ephemeral one); returns it."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), "127.0.0.1", 0)
+        self._server = await loop.create_server(lambda: _Connection(self), "127.0.0.1", port)
         self._sweeper = loop.create_task(self._sweep())
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
 
     async def _sweep(self) -> None:
         period = min(1.0, self.limits.stall / 2)

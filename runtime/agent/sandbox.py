@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..rpc import runtime_pb2 as pb
-from . import code, isolation, limits, logs, peers, reports, runtime_api
+from . import code, external, isolation, limits, logs, peers, reports, runtime_api
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ class SandboxConfig:
     isolation: str = "none"  # auto | bwrap | none (isolation.py); a pod is isolated by Kubernetes
     node: str = "node"  # the Node.js interpreter of nodejs* functions
     node_ric: str | None = field(default_factory=default_node_ric)  # the aws-lambda-ric package directory
+    # A container-image function: its runtime is the image's own entry point in another container of the pod
+    # (external.py), and the Runtime API listens on this fixed port, Lambda's 127.0.0.1:9001.
+    external_runtime: bool = False
+    runtime_api_port: int = 0  # 0: any free port (the runtime is told it in AWS_LAMBDA_RUNTIME_API)
     layers: tuple[str, ...] = ()  # hex SHA-256s of layer packages; fetched from code_store into opt_dir
     opt_dir: str | None = None  # the layers' merged tree (the runtime sees it at /opt when isolated or in a pod)
 
@@ -155,7 +159,8 @@ class Sandbox(runtime_api.RuntimeHost):
         self._memory = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
         self._api = runtime_api.RuntimeAPIServer(self, admit=self._admit)
         self._port = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | external.ExternalRuntime | None = None
+        self._quiet_fd: int | None = None  # external runtime: the never-written end of the log pipe
         self._capture: logs.LogCapture | None = None
         self._spawned_at = 0.0
         self._init_duration_ms: float | None = None  # set when a fresh runtime first asks for work (or dies trying)
@@ -183,7 +188,7 @@ class Sandbox(runtime_api.RuntimeHost):
                 code.fetch_layers, config.code_store, config.layers, config.opt_dir, code_dir=config.code_dir,
                 function=config.function, credential=self._session.credential,
             )  # fmt: skip
-        self._port = await self._api.start()
+        self._port = await self._api.start(self.config.runtime_api_port)
         self._supervisor = asyncio.create_task(self._supervise(), name=f"sandbox-{self.config.instance_id}")
 
     async def stop(self) -> None:
@@ -199,6 +204,9 @@ class Sandbox(runtime_api.RuntimeHost):
         await self._api.close()
         if self._capture is not None:
             self._capture.close()
+        if self._quiet_fd is not None:
+            os.close(self._quiet_fd)
+            self._quiet_fd = None
         proc = self._proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(TimeoutError):
@@ -221,6 +229,20 @@ class Sandbox(runtime_api.RuntimeHost):
         if self.config.runtime.startswith(NODE_PREFIX) and self.config.node_ric:
             roots += (os.path.dirname(os.path.realpath(self.config.node_ric)),)  # its node_modules
         return roots
+
+    async def _attach(self) -> external.ExternalRuntime:
+        """The external runtime's next life: once its container runs. Its output is its container's log; the
+        capture carries only the agent's own START/END/REPORT lines (and the tail returned with LogType=Tail)."""
+        if self._capture is None:
+            read_fd, self._quiet_fd = os.pipe()
+            self._capture = logs.LogCapture(read_fd, self._sink, loop=asyncio.get_running_loop())
+        proc = external.ExternalRuntime()
+        await proc.started()
+        self._spawned_at = time.monotonic()
+        self._init_duration_ms = None
+        self._served = False
+        self._init_error = None
+        return proc
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         read_fd, write_fd = os.pipe()
@@ -257,8 +279,10 @@ class Sandbox(runtime_api.RuntimeHost):
     async def _supervise(self) -> None:
         """Start the runtime, and after every exit decide what the exit means and start it again."""
         while not self._stopping:
-            self._proc = proc = await self._spawn()
-            returncode = isolation.exit_status(await proc.wait(), self._isolation)
+            self._proc = proc = await (self._attach() if self.config.external_runtime else self._spawn())
+            returncode: int | None = isolation.exit_status(await proc.wait(), self._isolation)
+            if isinstance(proc, external.ExternalRuntime):
+                returncode = None  # its status is the kubelet's to see
             if self._stopping:
                 return
             if self._capture is not None:
@@ -272,7 +296,7 @@ class Sandbox(runtime_api.RuntimeHost):
                 self._init_duration_ms = (time.monotonic() - self._spawned_at) * 1000
                 error = self._init_error or (
                     "Runtime.ExitError",
-                    reports.error_payload("Runtime.ExitError", f"Runtime exited with error: exit status {returncode}"),
+                    reports.error_payload("Runtime.ExitError", reports.exit_reason(returncode)),
                 )
                 await self._answer_with_init_error(*error)
             else:
@@ -285,7 +309,9 @@ class Sandbox(runtime_api.RuntimeHost):
 
     def _kill(self) -> None:
         proc = self._proc
-        if proc is not None and proc.returncode is None:
+        if isinstance(proc, external.ExternalRuntime):
+            proc.kill()
+        elif proc is not None and proc.returncode is None:
             limits.kill_group(proc.pid)
 
     # ---- the Runtime API (called by runtime_api) -------------------------------------------------------------

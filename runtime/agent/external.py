@@ -1,0 +1,72 @@
+"""A runtime the agent did not start: a container-image function's own entry point, in another container of the
+same pod (`shareProcessNamespace: true`), talking to the agent's Runtime API on 127.0.0.1:9001.
+
+The agent cannot wait() for a process that is not its child, so it finds the runtime's processes by their cgroup
+(every container has its own; the pod's pause process is pid 1) and polls for them: they appear when the kubelet
+starts the container, they are gone when it exits. A deadline kills them all (the same uid: no capability needed)
+and the kubelet starts the container again. The exit status is the kubelet's to know: an exit is reported as
+Lambda reports a runtime that gave no reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+POLL_SECONDS = 0.05
+PAUSE_PID = 1  # the pod's sandbox (pause) process when the pod shares one process namespace
+
+
+def cgroup_of(pid: int | str, proc: Path = Path("/proc")) -> str | None:
+    try:
+        return (proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return None
+
+
+def foreign_pids(proc: Path = Path("/proc"), own: str | None = None) -> set[int]:
+    """Processes in another container than this one (other cgroups), the pod's pause process excepted."""
+    mine = own if own is not None else cgroup_of("self", proc)
+    found = set()
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and int(entry.name) != PAUSE_PID:
+            group = cgroup_of(entry.name, proc)
+            if group is not None and group != mine:
+                found.add(int(entry.name))
+    return found
+
+
+class ExternalRuntime:
+    """The other container's processes, with the part of asyncio.subprocess.Process's interface the sandbox uses."""
+
+    def __init__(self, pids: Callable[[], set[int]] = foreign_pids) -> None:
+        self._pids = pids
+        self._known: set[int] = set()
+        self.returncode: int | None = None
+        self.pid = 0
+
+    async def started(self) -> None:
+        """Wait until the container's processes run (the kubelet starts, or restarts, the container)."""
+        while not (found := await asyncio.to_thread(self._pids)):
+            await asyncio.sleep(POLL_SECONDS)
+        self._known = found
+        self.pid = min(found)
+
+    async def wait(self) -> int:
+        """Wait until every one of them is gone. The status is not ours to see: 0 stands for "unknown"."""
+        while True:
+            alive = await asyncio.to_thread(self._pids)
+            self._known = (self._known & alive) | alive  # processes it started since count too
+            if not alive:
+                self.returncode = 0
+                return 0
+            await asyncio.sleep(POLL_SECONDS)
+
+    def kill(self) -> None:
+        for pid in self._known:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
