@@ -265,6 +265,9 @@ def _image_pod(
     agent_memory = f"{AGENT_MEMORY_MB}Mi"
     agent["resources"] = {"requests": {"memory": agent_memory, "cpu": "50m"}, "limits": {"memory": agent_memory}}
     agent["volumeMounts"] = [{"name": "agent-tmp", "mountPath": "/tmp"}]
+    # The kubelet starts a pod's containers in order and starts the next only when the previous one's postStart
+    # hook has returned: so the image's client never dials a Runtime API that is not listening yet.
+    agent["lifecycle"] = {"postStart": {"exec": {"command": ["python3", "-c", _AWAIT_RUNTIME_API]}}}
     config = fn.image_config
     memory = f"{fn.memory_mb}Mi"
     function: dict[str, Any] = {
@@ -291,12 +294,24 @@ def _image_pod(
     return {
         **pod_spec,
         "shareProcessNamespace": True,
-        "containers": [function, agent],
+        "containers": [agent, function],
         "volumes": [
             {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}},
             {"name": "agent-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
+
+
+_AWAIT_RUNTIME_API = f"""\
+import socket, time
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", {IMAGE_RUNTIME_API_PORT}), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.02)
+"""
 
 
 def lambda_environment(fn: FunctionSpec, version: str, settings: Settings) -> dict[str, str]:

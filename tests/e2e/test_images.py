@@ -61,8 +61,10 @@ def test_an_image_answers_times_out_and_reports_a_crash(platform: Platform, tmp_
     assert "FunctionError" not in response, body
     assert body == {"hello": "container", "fn": name, "task": "/var/task", "image": language}
     pod = platform.pods(name)[0]
-    assert [c["name"] for c in pod["spec"]["containers"]] == ["function", "agent"]
-    assert pod["spec"]["containers"][0]["image"] == image  # the user's image itself, unmodified
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["agent", "function"]
+    assert pod["spec"]["containers"][1]["image"] == image  # the user's image itself, unmodified
+    restarts = {c["name"]: c["restartCount"] for c in pod["status"]["containerStatuses"]}
+    assert restarts["function"] == 0, "the runtime started only once the agent's Runtime API listened"
 
     started = time.monotonic()
     response, body = call(platform, name, {"sleep": 60})

@@ -123,3 +123,27 @@ def test_the_gateway_service_gives_both_addresses() -> None:
         resources.gateway_endpoints("10.96.0.9", {"http": 8080})
     with pytest.raises(ValueError):
         resources.gateway_endpoints("None", {"grpc": 9090, "http": 8080})  # a headless Service
+
+
+def test_an_image_function_runs_the_users_image_beside_the_agent() -> None:
+    image = parse_function({"metadata": {"name": "img", "namespace": "ns"}, "spec": {
+        "code": {"image": "registry.local/app:1"}, "memoryMB": 256, "environment": {"MINE": "1"},
+        "imageConfig": {"entryPoint": ["/entry"], "command": ["app.other"], "workingDirectory": "/srv"}}})  # fmt: skip
+    assert image.runtime == "" and image.image_config.command == ("app.other",)
+    pod = resources.deployment(image, "3", OWNER, SETTINGS)["spec"]["template"]["spec"]
+    assert pod["shareProcessNamespace"] is True
+    agent, function = pod["containers"]
+    assert agent["name"] == "agent" and "postStart" in agent["lifecycle"]  # the Runtime API listens first
+    assert function["image"] == "registry.local/app:1"
+    assert function["command"] == ["/entry"] and function["args"] == ["app.other"] and function["workingDir"] == "/srv"
+    env = {e["name"]: e.get("value") for e in function["env"]}
+    assert env["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9001" and env["MINE"] == "1"
+    assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "3" and env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "256"
+    assert function["resources"]["limits"]["memory"] == "256Mi"
+    config = json.loads(next(e["value"] for e in agent["env"] if e["name"] == "KAMBDA_SANDBOX"))
+    assert config["external_runtime"] is True and config["runtime_api_port"] == 9001
+    assert function["securityContext"]["readOnlyRootFilesystem"] is True
+    # Without overrides the image's own ENTRYPOINT/CMD/WORKDIR apply.
+    plain = parse_function({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"code": {"image": "a:1"}}})
+    function = resources.deployment(plain, "1", OWNER, SETTINGS)["spec"]["template"]["spec"]["containers"][1]
+    assert not {"command", "args", "workingDir"} & set(function)

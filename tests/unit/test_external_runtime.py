@@ -1,0 +1,47 @@
+"""The agent's view of a runtime in another container: found by cgroup, waited for by polling, killed by pid."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kambda.runtime.agent import external
+
+
+def fake_proc(root: Path, groups: dict[str, str]) -> Path:
+    for pid, group in groups.items():
+        (root / pid).mkdir(parents=True)
+        (root / pid / "cgroup").write_text(group)
+    (root / "self").mkdir()
+    (root / "self" / "cgroup").write_text("agent")
+    (root / "meminfo").write_text("not a process")
+    return root
+
+
+def test_foreign_processes_are_the_other_containers_not_pause_not_ours(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, {"1": "pause", "7": "agent", "8": "agent", "20": "function", "21": "function"})
+    assert external.foreign_pids(proc) == {20, 21}
+
+
+async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_saw() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    alive = {"pids": set[int]()}
+    runtime = external.ExternalRuntime(pids=lambda: set(alive["pids"]))
+    started = asyncio.ensure_future(runtime.started())
+    await asyncio.sleep(0.2)
+    assert not started.done()  # nothing runs yet: the container has not started
+    alive["pids"] = {child.pid}
+    await asyncio.wait_for(started, 5)
+    assert runtime.pid == child.pid
+    waiting = asyncio.ensure_future(runtime.wait())
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    runtime.kill()
+    assert child.wait(5) == -9
+    alive["pids"] = set()
+    assert await asyncio.wait_for(waiting, 5) == 0 and runtime.returncode == 0
+    runtime.kill()  # gone already: no error
+    assert os.getpid() not in alive["pids"]
