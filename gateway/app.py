@@ -15,6 +15,7 @@ from . import errors, rpc
 from .admission import Admission
 from .async_api import AsyncAPI
 from .backends import Backend
+from .codemirror import ObjectStoreMirror
 from .codestore import CodeAPI, CodeStore
 from .delivering import Deliverer
 from .deployments import DeployAPI, Deployments
@@ -104,7 +105,9 @@ def create_app(
     app.router.add_post("/2015-03-31/functions/{name}/invocations", api.invoke)
     AsyncAPI(settings, registry, queue, configs, deliverer.poke).add_routes(app.router)
     store = store or CodeStore(settings.data_dir / "packages")
-    CodeAPI(settings, store, registry, signing_key, backend.name).add_routes(app.router)
+    # With the NATS queue the gateway may run as several replicas: packages are shared through JetStream too.
+    mirror = ObjectStoreMirror(settings.nats_url, store) if settings.queue_backend == "nats" else None
+    CodeAPI(settings, store, registry, signing_key, backend.name, mirror).add_routes(app.router)
     DeployAPI(settings, deployments).add_routes(app.router)
     app.router.add_route("*", "/2015-03-31/functions/{name}/invocations", _method_not_allowed)
     app.router.add_get("/healthz", _healthz)
@@ -138,6 +141,13 @@ def create_app(
         yield
         await queue.close()
 
+    async def run_mirror(app: web.Application) -> AsyncIterator[None]:
+        if mirror is not None:
+            await mirror.open()
+        yield
+        if mirror is not None:
+            await mirror.close()
+
     async def run_deliverer(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(deliverer.run(), name="deliverer")
         yield
@@ -146,7 +156,7 @@ def create_app(
             await task
 
     # Order matters: instances can connect before anything is dispatched, and the queue outlives its deliverer.
-    app.cleanup_ctx.extend([run_grpc, run_backend, run_queue, run_scaler, run_deliverer])
+    app.cleanup_ctx.extend([run_grpc, run_backend, run_queue, run_mirror, run_scaler, run_deliverer])
     return app
 
 

@@ -40,7 +40,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -48,6 +48,9 @@ from kambda import credentials, packages, specs
 
 from . import errors
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .codemirror import ObjectStoreMirror
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -224,8 +227,15 @@ def _fsync_dir(path: Path) -> None:
 
 class CodeAPI:
     def __init__(
-        self, settings: GatewaySettings, store: CodeStore, registry: Registry, signing_key: bytes, backend: str
+        self,
+        settings: GatewaySettings,
+        store: CodeStore,
+        registry: Registry,
+        signing_key: bytes,
+        backend: str,
+        mirror: ObjectStoreMirror | None = None,
     ) -> None:
+        self._mirror = mirror  # the store several gateways share (JetStream), if they do
         self._settings = settings
         self._store = store
         self._registry = registry
@@ -263,11 +273,15 @@ class CodeAPI:
                 stored = await asyncio.to_thread(self._store.commit, upload)
             except packages.PackageError as exc:
                 raise errors.invalid_parameter(f"Could not unzip uploaded file: {exc}") from None
+        if self._mirror is not None:
+            await self._mirror.publish(stored.sha256)
         return web.json_response(stored.json(), status=201 if stored.created else 200)
 
     async def exists(self, request: web.Request) -> web.StreamResponse:
         sha = request.match_info["sha256"]
         size = self._store.size(sha) if specs.SHA256_RE.fullmatch(sha) else None
+        if size is None and self._mirror is not None and specs.SHA256_RE.fullmatch(sha):
+            size = await self._mirror.size(sha)
         if size is None:
             raise errors.resource_not_found(f"no package {sha} in the code store")
         return web.Response(status=200, headers={"Kambda-Code-Size": str(size)})
@@ -288,6 +302,8 @@ class CodeAPI:
             raise errors.AWSError(403, "AccessDeniedException", f"invalid credential for {function}")
         if not (specs.SHA256_RE.fullmatch(sha) and self._registry.uses_package(function, sha)):
             raise errors.AWSError(403, "AccessDeniedException", f"{function} does not run package {sha}")
+        if self._mirror is not None and self._store.size(sha) is None:
+            await self._mirror.fetch(sha)  # uploaded through another replica
         try:
             path = await asyncio.to_thread(self._store.verified, sha)
         except PackageMissing as exc:

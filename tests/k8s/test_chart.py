@@ -105,3 +105,30 @@ def test_rbac_allows_what_each_needs_and_nothing_else(kube: Kube, release: tuple
         assert can(kube, account, verb, resource, ns or "default"), f"{account} cannot {verb} {resource} in {ns}"
     for account, verb, resource, ns in refused:
         assert not can(kube, account, verb, resource, ns or "default"), f"{account} may {verb} {resource} in {ns}"
+
+
+def test_the_gateways_data_outlives_its_pod_with_sqlite_and_is_shared_through_nats_otherwise(kube: Kube) -> None:
+    import yaml
+
+    def objects(*sets: str) -> list[dict[str, object]]:
+        result = helm(kube, "template", "x", CHART, *[a for s in sets for a in ("--set", s)])
+        assert result.returncode == 0, result.stderr
+        return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+    def gateway(docs: list[dict[str, object]]) -> dict[str, object]:
+        return next(d for d in docs if d["kind"] == "Deployment" and str(d["metadata"]["name"]).endswith("-gateway"))  # type: ignore[index]
+
+    sqlite = objects()
+    claim = next(d for d in sqlite if d["kind"] == "PersistentVolumeClaim")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # type: ignore[index]
+    spec = gateway(sqlite)["spec"]
+    assert spec["strategy"] == {"type": "Recreate"}  # type: ignore[index]
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}  # type: ignore[index]
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]  # type: ignore[index]
+
+    shared = objects("gateway.queue.backend=nats", "gateway.replicas=3")
+    assert not [d for d in shared if d["kind"] == "PersistentVolumeClaim"]
+    spec = gateway(shared)["spec"]
+    assert "strategy" not in spec and spec["replicas"] == 3  # type: ignore[operator, index]
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}  # type: ignore[index]
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}

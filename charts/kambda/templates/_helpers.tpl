@@ -19,3 +19,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kambda.dataClaim" -}}
 {{ .Values.gateway.persistence.existingClaim | default (printf "%s-gateway-data" .Release.Name) }}
 {{- end }}
+{{- /* The gateway's data directory needs a volume that outlives the pod only with the SQLite queue. */ -}}
+{{- define "kambda.persistent" -}}
+{{- if and .Values.gateway.persistence.enabled (eq .Values.gateway.queue.backend "sqlite") }}true{{ end }}
+{{- end }}
