@@ -107,7 +107,7 @@ def package(directory: Path) -> Path:
 
 async def _measure(trials: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from tests.install import Release, build_images
+    from tests.install import Release, build_images, function_image
     from tests.kube import Kube
 
     images = build_images()
@@ -136,17 +136,23 @@ async def _measure(trials: int) -> None:
     )  # fmt: skip
     kubectl("patch", "function", "coldpkg", "-n", namespace, "--type=merge", "-p",
             json.dumps({"spec": {"scaling": {"idleSeconds": 1}}}))  # fmt: skip
+    image = function_image("cold-image", "python", {"app.py": "def handler(event, context):\n    return 'warm'\n"},
+                           Path(f"/tmp/{namespace}"))  # fmt: skip
+    image_fn = {"apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "metadata": {"name": "coldimg"},
+                "spec": {"code": {"image": image}, "scaling": {"idleSeconds": 1}}}  # fmt: skip
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(image_fn))
     await config.load_kube_config(config_file=KUBECONFIG)
     try:
         async with client.ApiClient() as api:
             apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-            for function in ("cold", "coldpkg"):
+            functions = ("cold", "coldpkg", "coldimg")
+            for function in functions:
                 await _until_served(url, function)
-            times: dict[str, list[float]] = {"bare-slim": [], "bare-platform": [], "cold": [], "coldpkg": []}
+            times: dict[str, list[float]] = {name: [] for name in ("bare-slim", "bare-platform", *functions)}
             for _ in range(trials + 1):  # the first round warms the node's caches and is dropped
                 for name in ("bare-slim", "bare-platform"):
                     times[name].append(await bare_trial(apps, core, namespace, name))
-                for function in ("cold", "coldpkg"):
+                for function in functions:
                     times[function].append(await kambda_trial(core, namespace, url, function))
     finally:
         release.uninstall()
@@ -157,13 +163,15 @@ async def _measure(trials: int) -> None:
         "bare-platform": "bare pod, platform image:     scale 0->1 -> Ready",
         "cold": "kambda inline code: zero -> first response",
         "coldpkg": "kambda 2.5 MB package: zero -> first response",
+        "coldimg": "kambda container image: zero -> first response",
     }
     for name, label in labels.items():
         values = times[name][1:]
         print(f"{label:50} p50 of {trials}: {p50[name] * 1000:6.0f} ms "
               f"(min {min(values) * 1000:.0f}, max {max(values) * 1000:.0f})")  # fmt: skip
     print(f"ratios to the bare slim pod: inline {p50['cold'] / p50['bare-slim']:.2f}x, "
-          f"package {p50['coldpkg'] / p50['bare-slim']:.2f}x, platform-image pod "
+          f"package {p50['coldpkg'] / p50['bare-slim']:.2f}x, image {p50['coldimg'] / p50['bare-slim']:.2f}x, "
+          f"platform-image pod "
           f"{p50['bare-platform'] / p50['bare-slim']:.2f}x")  # fmt: skip
 
 
