@@ -139,7 +139,7 @@ async def _measure(trials: int) -> None:
     image = function_image("cold-image", "python", {"app.py": "def handler(event, context):\n    return 'warm'\n"},
                            Path(f"/tmp/{namespace}"))  # fmt: skip
     image_fn = {"apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "metadata": {"name": "coldimg"},
-                "spec": {"code": {"image": image}, "scaling": {"idleSeconds": 1}}}  # fmt: skip
+                "spec": {"runtime": "provided", "code": {"image": image}, "scaling": {"idleSeconds": 1}}}  # fmt: skip
     kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(image_fn))
     await config.load_kube_config(config_file=KUBECONFIG)
     try:

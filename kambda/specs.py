@@ -227,9 +227,11 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     if "spec" not in manifest:
         r.fail("spec", "is required")
 
-    # A container image brings its own runtime (Lambda's PackageType Image has none).
     is_image = isinstance(spec.get("code"), Mapping) and "image" in spec["code"]
-    runtime = r.string(spec, "runtime", "spec", required=not is_image) or ""
+    runtime = r.string(spec, "runtime", "spec", required=True) or ""
+    if is_image and runtime and runtime not in PROVIDED_RUNTIMES:
+        # Lambda's image functions have no runtime: the image brings its own, so the function provides it.
+        r.fail("spec.runtime", "a container image brings its own runtime: use provided (or provided.al2023)")
     if runtime and runtime not in RUNTIMES:
         r.fail("spec.runtime", f"must be one of {', '.join(RUNTIMES)}")
     handler = r.string(spec, "handler", "spec", required=runtime in MANAGED_RUNTIMES and not is_image) or ""

@@ -43,7 +43,13 @@ def call(platform: Platform, name: str, event: object) -> tuple[dict[str, Any], 
 
 
 def image_function(platform: Platform, name: str, image: str, **spec: Any) -> None:
-    spec = {"code": {"image": image}, "timeoutSeconds": 2, "scaling": {"idleSeconds": 120}, **spec}
+    spec = {
+        "runtime": "provided",
+        "code": {"image": image},
+        "timeoutSeconds": 2,
+        "scaling": {"idleSeconds": 120},
+        **spec,
+    }
     manifest = {"apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "metadata": {"name": name}, "spec": spec}
     platform.apply(json.dumps(manifest))
     assert eventually(lambda: platform.ready(name, "1"), timeout=60), platform.operator_logs()

@@ -9,7 +9,7 @@ import pytest
 
 from kambda.operator import resources, versioning
 from kambda.operator.versioning import Revision
-from kambda.specs import parse_function
+from kambda.specs import SpecError, parse_function
 
 SETTINGS = resources.Settings(runtime_image="img:1", gateway_address="gw:9090", signing_key=b"k",
                               gateway_selector={"app": "gw"})  # fmt: skip
@@ -127,9 +127,9 @@ def test_the_gateway_service_gives_both_addresses() -> None:
 
 def test_an_image_function_runs_the_users_image_beside_the_agent() -> None:
     image = parse_function({"metadata": {"name": "img", "namespace": "ns"}, "spec": {
-        "code": {"image": "registry.local/app:1"}, "memoryMB": 256, "environment": {"MINE": "1"},
+        "runtime": "provided", "code": {"image": "registry.local/app:1"}, "memoryMB": 256, "environment": {"MINE": "1"},
         "imageConfig": {"entryPoint": ["/entry"], "command": ["app.other"], "workingDirectory": "/srv"}}})  # fmt: skip
-    assert image.runtime == "" and image.image_config.command == ("app.other",)
+    assert image.runtime == "provided" and image.image_config.command == ("app.other",)
     pod = resources.deployment(image, "3", OWNER, SETTINGS)["spec"]["template"]["spec"]
     assert pod["shareProcessNamespace"] is True
     agent, function = pod["containers"]
@@ -144,6 +144,10 @@ def test_an_image_function_runs_the_users_image_beside_the_agent() -> None:
     assert config["external_runtime"] is True and config["runtime_api_port"] == 9001
     assert function["securityContext"]["readOnlyRootFilesystem"] is True
     # Without overrides the image's own ENTRYPOINT/CMD/WORKDIR apply.
-    plain = parse_function({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"code": {"image": "a:1"}}})
+    plain = parse_function(
+        {"metadata": {"name": "p", "namespace": "ns"}, "spec": {"runtime": "provided", "code": {"image": "a:1"}}}
+    )
+    with pytest.raises(SpecError, match="brings its own runtime"):
+        parse_function({"metadata": {"name": "p"}, "spec": {"runtime": "python3.11", "code": {"image": "a:1"}}})
     function = resources.deployment(plain, "1", OWNER, SETTINGS)["spec"]["template"]["spec"]["containers"][1]
     assert not {"command", "args", "workingDir"} & set(function)
