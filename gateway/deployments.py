@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kambda import jsontext, manifests, naming, packages, specs
+from kambda import hostruntimes, jsontext, manifests, naming, packages, specs
 
 from . import errors
 from .codestore import CodeStore, PackageMissing
@@ -162,6 +162,9 @@ class Deployments:
             spec = specs.parse_function(manifest, default_namespace=self._registry.namespace)
         except specs.SpecError as exc:
             raise DeployError("; ".join(exc.errors)) from None
+        unavailable = hostruntimes.problem(spec.runtime)
+        if unavailable is not None:
+            raise DeployError(f"spec.runtime: {unavailable}")
         if spec.code.package is None and spec.code.files is None:
             # A path would let anyone who reaches this port serve a directory of this host; url, configMap and
             # image are Kubernetes' sources.

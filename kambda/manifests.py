@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import hostruntimes
 from .specs import Code, FunctionSpec, SpecError, parse_function
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ def load_directory(directory: Path) -> list[FunctionSpec]:
             spec = parse_function(doc)
         except SpecError as exc:
             raise ManifestError(f"{path}: " + "; ".join(exc.errors)) from exc
+        unavailable = hostruntimes.problem(spec.runtime)
+        if unavailable is not None:
+            raise ManifestError(f"{path}: spec.runtime: {unavailable}")
         if spec.code.image is not None:
             raise ManifestError(f"{path}: spec.code.image: container-image functions run on Kubernetes only "
                                 "(the local backend has no container runtime)")  # fmt: skip

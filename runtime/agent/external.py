@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 POLL_SECONDS = 0.05
+STABLE_SECONDS = 0.15  # a process seen this long is the runtime, not a runc helper passing through
 PAUSE_PID = 1  # the pod's sandbox (pause) process when the pod shares one process namespace
 
 
@@ -50,11 +51,21 @@ class ExternalRuntime:
         self.pid = 0
 
     async def started(self) -> None:
-        """Wait until the container's processes run (the kubelet starts, or restarts, the container)."""
-        while not (found := await asyncio.to_thread(self._pids)):
+        """Wait until the container's processes run (the kubelet starts, or restarts, the container) and have
+        for STABLE_SECONDS: a container's start (and an exec into the pod) passes through short-lived runc helper
+        processes, which are not the runtime."""
+        since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            found = await asyncio.to_thread(self._pids)
+            if found and found & self._known:
+                if since is not None and loop.time() - since >= STABLE_SECONDS:
+                    break
+            else:
+                since = loop.time() if found else None
+            self._known = found
             await asyncio.sleep(POLL_SECONDS)
-        self._known = found
-        self.pid = min(found)
+        self.pid = min(self._known)
 
     async def wait(self) -> int:
         """Wait until every one of them is gone. The status is not ours to see: 0 stands for "unknown"."""

@@ -45,3 +45,16 @@ async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_sa
     assert await asyncio.wait_for(waiting, 5) == 0 and runtime.returncode == 0
     runtime.kill()  # gone already: no error
     assert os.getpid() not in alive["pids"]
+
+
+async def test_a_runc_helper_passing_through_is_not_taken_for_the_runtime() -> None:
+    sightings = iter([{99}, set(), {5}])
+    last = {"pids": set[int]()}
+
+    def pids() -> set[int]:
+        last["pids"] = next(sightings, last["pids"])
+        return set(last["pids"])
+
+    runtime = external.ExternalRuntime(pids=pids)
+    await asyncio.wait_for(runtime.started(), 5)
+    assert runtime.pid == 5  # 99 was gone before it had been seen for STABLE_SECONDS
