@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -175,16 +175,8 @@ class CodeStore:
             if sha256 in self._unpacked:
                 return self._unpacked[sha256]
             source = self.verified(sha256)
-            target = cache_dir / sha256  # 64 hex digits: never one of the 32-digit trees of inline code
-            staging = cache_dir / f".staging-{os.getpid()}-{sha256}"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                packages.extract(source, staging)
-                if target.exists():
-                    shutil.rmtree(target)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            # 64 hex digits: never one of the 32-digit trees of inline code.
+            target = _build_tree(cache_dir, sha256, lambda staging: packages.extract(source, staging))
             self._unpacked[sha256] = target
             return target
 
@@ -192,29 +184,39 @@ class CodeStore:
         """The layers merged as Lambda merges them under /opt (in order, a later layer's files winning), in
         `cache_dir/layers-<digest of the list>/` (blocking). Each layer is unpacked (and verified) by `unpack`."""
         digest = hashlib.sha256(" ".join(layers).encode()).hexdigest()[:32]
-        key, target = f"layers-{digest}", cache_dir / f"layers-{digest}"
+        key = f"layers-{digest}"
         with self._lock:
             if key in self._unpacked:
                 return self._unpacked[key]
         trees = [self.unpack(sha, cache_dir) for sha in layers]
+
+        def merge(staging: Path) -> None:
+            staging.mkdir(mode=0o755)
+            for i, tree in enumerate(trees):
+                copy = cache_dir / f".staging-{os.getpid()}-layer-{i}"
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(tree, copy, symlinks=True)
+                packages.overlay(copy, staging)
+                copy.rmdir()
+
         with self._lock:
-            staging = cache_dir / f".staging-{os.getpid()}-layers-{digest}"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                staging.mkdir(mode=0o755)
-                for i, tree in enumerate(trees):
-                    copy = cache_dir / f".staging-{os.getpid()}-layer-{i}"
-                    shutil.rmtree(copy, ignore_errors=True)
-                    shutil.copytree(tree, copy, symlinks=True)
-                    packages.overlay(copy, staging)
-                    copy.rmdir()
-                if target.exists():
-                    shutil.rmtree(target)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-            self._unpacked[key] = target
+            self._unpacked[key] = target = _build_tree(cache_dir, key, merge)
             return target
+
+
+def _build_tree(cache_dir: Path, name: str, fill: Callable[[Path], object]) -> Path:
+    """`cache_dir/name`, built by `fill` in a staging directory and renamed into place (never seen half-built)."""
+    target = cache_dir / name
+    staging = cache_dir / f".staging-{os.getpid()}-{name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        fill(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _fsync_dir(path: Path) -> None:

@@ -63,8 +63,13 @@ def fetch_layers(
         fetch_from_store(store, sha, str(staging), function=function, credential=credential)
         packages.overlay(staging, opt)
         staging.rmdir()
-    total = _bytes_under(opt) + _bytes_under(Path(code_dir))
-    if total > packages.MAX_UNZIPPED:
+    check_total(code_dir, opt_dir)
+
+
+def check_total(code_dir: str, opt_dir: str, limit: int = packages.MAX_UNZIPPED) -> None:
+    """Lambda's limit holds for a function's code and its layers together, unzipped."""
+    total = _bytes_under(Path(opt_dir)) + _bytes_under(Path(code_dir))
+    if total > limit:
         raise CodeError(f"layers: {packages.UNZIPPED_TOO_LARGE} (the code and its layers together: {total} bytes)")
 
 

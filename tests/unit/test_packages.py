@@ -305,3 +305,16 @@ def test_overlay_merges_directories_and_the_later_file_wins(tmp_path: Path) -> N
     assert (opt / "python" / "a.py").read_text() == "1" and (opt / "python" / "b.py").read_text() == "2"
     assert (opt / "bin" / "tool").read_text() == "t"  # a directory replaced a file
     assert not any(first.iterdir()) and not any(second.iterdir())
+
+
+def test_code_and_layers_together_are_held_to_the_unzipped_limit(tmp_path: Path) -> None:
+    from kambda.runtime.agent import code
+
+    task, opt = tmp_path / "task", tmp_path / "opt"
+    (task / "lib").mkdir(parents=True)
+    (opt / "python").mkdir(parents=True)
+    (task / "lib" / "a.bin").write_bytes(b"x" * 600)
+    (opt / "python" / "b.bin").write_bytes(b"y" * 500)
+    code.check_total(str(task), str(opt), limit=1100)  # exactly at the limit: fine
+    with pytest.raises(code.CodeError, match="Unzipped size must be smaller than"):
+        code.check_total(str(task), str(opt), limit=1099)
