@@ -73,7 +73,8 @@ class ObjectStoreMirror:
                 return True
             with self._store.receiving() as upload:
                 try:
-                    await self._bucket.get(sha256, writeinto=_Writer(upload))
+                    # nats-py writes each chunk with `write`: the upload hashes and counts as it goes.
+                    await self._bucket.get(sha256, writeinto=upload)
                 except (ObjectNotFoundError, NotFoundError):
                     return False
                 try:
@@ -86,18 +87,3 @@ class ObjectStoreMirror:
                 log.error("the object store's %s holds a package that hashes to %s: not used", sha256, stored.sha256)
                 return False
             return True
-
-
-class _Writer:
-    """The file-like object nats-py writes an object into: the store's upload (which hashes as it goes)."""
-
-    def __init__(self, upload: Any) -> None:
-        self._upload = upload
-
-    def write(self, chunk: bytes) -> int:
-        self._upload.write(chunk)
-        return len(chunk)
-
-
-def mirror_for(nats_url: str | None, store: CodeStore) -> ObjectStoreMirror | None:
-    return ObjectStoreMirror(nats_url, store) if nats_url else None

@@ -170,12 +170,9 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
     }
 
 
-def is_package(fn: FunctionSpec) -> bool:
-    return fn.code.package is not None
-
-
 def needs_code_store(fn: FunctionSpec) -> bool:
-    return is_package(fn) or bool(fn.layers)
+    """A package (a sha256 without a URL) or layers: fetched from the gateway's code store."""
+    return fn.code.package is not None or bool(fn.layers)
 
 
 def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:

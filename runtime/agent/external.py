@@ -71,7 +71,7 @@ class ExternalRuntime:
         """Wait until every one of them is gone. The status is not ours to see: 0 stands for "unknown"."""
         while True:
             alive = await asyncio.to_thread(self._pids)
-            self._known = (self._known & alive) | alive  # processes it started since count too
+            self._known = alive  # what it started since counts too (the deadline kills them all)
             if not alive:
                 self.returncode = 0
                 return 0
