@@ -70,6 +70,11 @@ class SandboxConfig:
     runtime_api_port: int = 0  # 0: any free port (the runtime is told it in AWS_LAMBDA_RUNTIME_API)
     layers: tuple[str, ...] = ()  # hex SHA-256s of layer packages; fetched from code_store into opt_dir
     opt_dir: str | None = None  # the layers' merged tree (the runtime sees it at /opt when isolated or in a pod)
+    tmp_mb: int = 512  # the size of the sandbox's private /tmp (Lambda's ephemeralStorage), where the agent sets it
+    # Lambda's advanced logging controls (LoggingConfig): Text | JSON, and the two levels (None: Lambda's default).
+    log_format: str = "Text"
+    application_log_level: str | None = None
+    system_log_level: str | None = None
 
     @property
     def name(self) -> str:

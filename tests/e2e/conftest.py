@@ -55,10 +55,14 @@ class Platform:
 
     def kill_gateway(self) -> int:
         """SIGKILL the gateway's process in its pod (from the host, which sees every container's processes); the
-        kubelet restarts the container in the same pod. Returns the killed pid."""
+        kubelet restarts the container in the same pod. Returns the killed pid.
+
+        The client is replaced: its pooled connections led to the killed process, and the NodePort's NAT may drop
+        (not reset) a request sent on one, which then hangs for the whole read timeout."""
         pids = _host_pids("kambda", "gateway", f"--namespace={self.namespace}")
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)
+        self.client = lambda_client(self.url)
         return pids[0]
 
     def restart_operator(self) -> None:
@@ -121,11 +125,19 @@ def function_manifest(name: str, code: str, **spec: Any) -> str:
     return json.dumps(body)
 
 
-@pytest.fixture(scope="module")
-def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
+def lambda_client(url: str, *, attempts: int = 1, read_timeout: int = 120) -> Any:
+    """A boto3 Lambda client for the platform. One attempt by default, so a test sees each failure as it is."""
     import boto3
     from botocore.config import Config
 
+    config = Config(retries={"total_max_attempts": attempts}, read_timeout=read_timeout, connect_timeout=5,
+                    max_pool_connections=64)  # fmt: skip
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="t",
+                        aws_secret_access_key="t", config=config)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
     release = Release(kube, images, namespace, gateway_args=[
         "--queue-timeout=60", "--retry-base-delay=0.5", "--throttle-base-delay=0.2",
     ])  # fmt: skip
@@ -133,10 +145,6 @@ def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
         release.install()
         url = release.url()
         assert release.ready(url), release.logs("gateway")
-        client = boto3.client(
-            "lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t",
-            config=Config(retries={"total_max_attempts": 1}, read_timeout=120, max_pool_connections=64),
-        )  # fmt: skip
-        yield Platform(kube, namespace, release, url, client)
+        yield Platform(kube, namespace, release, url, lambda_client(url))
     finally:
         release.uninstall()

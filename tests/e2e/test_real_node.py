@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from tests.e2e.conftest import Platform, function_manifest
+from tests.e2e.conftest import Platform, function_manifest, lambda_client
 from tests.kube import eventually
 
 HELLO = "import os\n\ndef handler(event, context):\n    return {'hello': event.get('name'), 'pid': os.getpid()}\n"
@@ -258,16 +258,10 @@ def test_9_queued_events_survive_the_gateway_pod(platform: Platform) -> None:
     assert eventually(lambda: platform.ready("drain", "1"), timeout=60)
     platform.wait_served("drain")
 
-    import boto3
-    from botocore.config import Config
-
     # As the SDKs do by default: a request that gets no answer (a pooled connection the NodePort's NAT forgot once
     # the gateway closed it) is retried soon, rather than waited on for 120 s. A retried event the gateway did
     # take would be an extra, untracked one: the 500 acknowledged below must all arrive either way.
-    client = boto3.client(
-        "lambda", endpoint_url=platform.url, region_name="us-east-1", aws_access_key_id="t",
-        aws_secret_access_key="t", config=Config(retries={"total_max_attempts": 3}, read_timeout=10, connect_timeout=5),
-    )  # fmt: skip
+    client = lambda_client(platform.url, attempts=3, read_timeout=10)
 
     def send(i: int) -> str:
         response = client.invoke(FunctionName="drain", InvocationType="Event", Payload=json.dumps({"i": i}))
