@@ -1,4 +1,5 @@
-"""Memory and process limits for runtime processes: cgroups per sandbox where the OS allows it, else an rlimit.
+"""Memory and process limits for runtime processes, and the freezer: cgroups per sandbox where the OS allows it,
+else an rlimit (and SIGSTOP, freezer.py).
 
 Max Memory Used is always measured: from the cgroup's peak when there is one, else from the process's VmHWM.
 The runtime joins its cgroups itself through a one-line shell wrapper before exec, so no allocation escapes the
@@ -6,7 +7,9 @@ limit and no Python runs between fork and exec (the agent has gRPC threads; pree
 
 Every sandbox's cgroups sit under one `kambda-agent-<pid>` parent per agent. An agent killed without cleaning up
 (SIGKILL, OOM) leaves that parent behind; the next agent to start sweeps the parents of agents that are gone,
-killing whatever still runs in them, so neither cgroups nor processes leak across agent deaths.
+killing whatever still runs in them, so neither cgroups nor processes leak across agent deaths. A v1 freezer holds
+back even SIGKILL, so a frozen sandbox would not die with its agent (bwrap's --die-with-parent): a watchdog per
+agent (`ThawWatchdog`) thaws its sandboxes the moment the agent is gone, however it died.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +27,18 @@ MIB = 1024 * 1024
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MAX_PROCESSES = 1024  # Lambda's limit of processes and threads per execution environment
 AGENT_PREFIX = "kambda-agent-"
+V1_CONTROLLERS = ("memory", "pids", "freezer")  # the v1 hierarchies a sandbox has a group in
 
 
 @dataclass
-class MemoryLimit:
-    """How one sandbox's memory is limited and measured."""
+class SandboxCgroups:
+    """How one sandbox's memory is limited and measured, and the cgroup that freezes it (if any)."""
 
     limit_mb: int
     cgroup: Path | None = None  # the memory cgroup
     cgroup_v2: bool = False
-    others: tuple[Path, ...] = field(default=())  # further cgroups the runtime joins (pids, on cgroup v1)
+    others: tuple[Path, ...] = field(default=())  # further cgroups the runtime joins (pids, freezer on cgroup v1)
+    freezer: Path | None = None  # the cgroup whose freezer stops the sandbox (v2: the same as `cgroup`)
 
     def wrap(self, argv: list[str]) -> list[str]:
         """The command that starts `argv` inside this limit."""
@@ -70,7 +76,7 @@ class MemoryLimit:
                 _remove(group)
 
 
-def create(instance_id: str, limit_mb: int, *, use_cgroups: bool = True) -> MemoryLimit:
+def create(instance_id: str, limit_mb: int, *, use_cgroups: bool = True) -> SandboxCgroups:
     if use_cgroups:
         for candidate, v2 in _cgroup_parents("memory"):
             path = candidate / f"{AGENT_PREFIX}{os.getpid()}" / f"sandbox-{instance_id}"
@@ -83,27 +89,32 @@ def create(instance_id: str, limit_mb: int, *, use_cgroups: bool = True) -> Memo
                     (path / "memory.max").write_text(limit)
                     (path / "memory.swap.max").write_text("0")
                     (path / "pids.max").write_text(str(MAX_PROCESSES))
-                    return MemoryLimit(limit_mb, cgroup=path, cgroup_v2=True)
+                    # Every non-root v2 cgroup has cgroup.freeze; no controller to enable.
+                    return SandboxCgroups(limit_mb, cgroup=path, cgroup_v2=True, freezer=path)
                 (path / "memory.limit_in_bytes").write_text(limit)
-                return MemoryLimit(limit_mb, cgroup=path, others=_pids_cgroup_v1(instance_id))
+                pids = _v1_group("pids", instance_id, {"pids.max": str(MAX_PROCESSES)})
+                freezer = _v1_group("freezer", instance_id, {})
+                others = tuple(g for g in (pids, freezer) if g is not None)
+                return SandboxCgroups(limit_mb, cgroup=path, others=others, freezer=freezer)
             except OSError as exc:
                 log.debug("cgroup %s not usable: %s", path, exc)
                 _remove(path)
-        log.warning("no memory cgroup for sandbox %s: memory limited by ulimit -d only", instance_id)
-    return MemoryLimit(limit_mb)
+    log.warning("no memory cgroup for sandbox %s: memory limited by ulimit -d only", instance_id)
+    return SandboxCgroups(limit_mb)
 
 
-def _pids_cgroup_v1(instance_id: str) -> tuple[Path, ...]:
-    for candidate, _ in _cgroup_parents("pids"):
+def _v1_group(controller: str, instance_id: str, settings: dict[str, str]) -> Path | None:
+    for candidate, _ in _cgroup_parents(controller):
         path = candidate / f"{AGENT_PREFIX}{os.getpid()}" / f"sandbox-{instance_id}"
         try:
             path.mkdir(parents=True, exist_ok=True)
-            (path / "pids.max").write_text(str(MAX_PROCESSES))
-            return (path,)
+            for name, value in settings.items():
+                (path / name).write_text(value)
+            return path
         except OSError as exc:
-            log.debug("pids cgroup %s not usable: %s", path, exc)
+            log.debug("%s cgroup %s not usable: %s", controller, path, exc)
             _remove(path)
-    return ()
+    return None
 
 
 def _cgroup_parents(controller: str) -> list[tuple[Path, bool]]:
@@ -129,7 +140,7 @@ def _remove(group: Path) -> None:
 
 def release_agent() -> None:
     """Remove this agent's (now empty) cgroup parents, at a clean exit."""
-    for controller in ("memory", "pids"):
+    for controller in V1_CONTROLLERS:
         for candidate, _ in _cgroup_parents(controller):
             _remove(candidate / f"{AGENT_PREFIX}{os.getpid()}")
 
@@ -137,7 +148,7 @@ def release_agent() -> None:
 def sweep_dead_agents(*, wait: float = 2.0) -> int:
     """Kill what still runs in the cgroups of agents that are gone, and remove those cgroups. Returns how many."""
     swept = 0
-    for controller in ("memory", "pids"):
+    for controller in V1_CONTROLLERS:
         for candidate, _ in _cgroup_parents(controller):
             with contextlib.suppress(OSError):
                 for parent in candidate.glob(f"{AGENT_PREFIX}*"):
@@ -163,6 +174,7 @@ def _alive(pid: int) -> bool:
 
 
 def _empty(group: Path, wait: float) -> None:
+    _thaw(group)  # a frozen process does not act on SIGKILL until thawed (v1)
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -175,6 +187,47 @@ def _empty(group: Path, wait: float) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, 9)
         time.sleep(0.01)
+
+
+def _thaw(group: Path) -> None:
+    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+        if (group / name).exists():
+            with contextlib.suppress(OSError):
+                (group / name).write_text(value)
+
+
+class ThawWatchdog:
+    """Thaws this agent's frozen sandboxes when the agent dies, so that they die with it.
+
+    A shell waits on a pipe whose only writer is the agent (close-on-exec: no runtime inherits it); the kernel
+    closes it when the agent exits, by any means, and the shell then thaws every sandbox's v1 freezer group. The
+    pending SIGKILL of bwrap's --die-with-parent then takes effect. In its own session: Ctrl-C in the terminal that
+    ran `kambda run` must not end it first.
+    """
+
+    SCRIPT = (
+        'read -r _; for p in "$@"; do for s in "$p"/*/freezer.state; do [ -f "$s" ] && echo THAWED > "$s"; done; done'
+    )
+
+    def __init__(self) -> None:
+        self._writer: int | None = None
+        parents = [str(c / f"{AGENT_PREFIX}{os.getpid()}") for c, v2 in _cgroup_parents("freezer") if not v2]
+        if not parents or os.geteuid() != 0:
+            return  # no v1 freezer of ours: frozen sandboxes are stopped by signals, and SIGKILL ends those
+        reader, self._writer = os.pipe()
+        try:
+            subprocess.Popen(
+                ["/bin/sh", "-c", self.SCRIPT, "kambda-thaw", *parents],
+                stdin=reader, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(reader)
+
+    def close(self) -> None:
+        """At a clean exit (the sandboxes are gone): the watchdog wakes, finds nothing, exits."""
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
 
 
 def _read(path: str) -> bytes:

@@ -142,6 +142,7 @@ async def run_supervisor(gateway: str, isolation_mode: str = "auto") -> int:
     swept = limits.sweep_dead_agents()
     if swept:
         log.info("removed the cgroups of %d agents that had died (and what still ran in them)", swept)
+    watchdog = limits.ThawWatchdog()
     # Ctrl-C in `kambda run` reaches the whole process group; the gateway then ends this agent by closing stdin,
     # after its own shutdown. SIGTERM is a stop of its own: every sandbox is stopped and cleaned up.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -212,6 +213,7 @@ async def run_supervisor(gateway: str, isolation_mode: str = "auto") -> int:
         await asyncio.gather(*watchers, return_exceptions=True)
     stop_on_term.cancel()
     limits.release_agent()
+    watchdog.close()
     return 0
 
 

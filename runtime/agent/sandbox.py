@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..rpc import runtime_pb2 as pb
-from . import code, external, isolation, limits, logs, peers, reports, runtime_api
+from . import code, external, freezer, isolation, limits, logs, peers, reports, runtime_api
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ class Sandbox(runtime_api.RuntimeHost):
         self._opt_root = (
             None if config.opt_dir is None else isolation.OPT_ROOT if self._isolation.enabled else config.opt_dir
         )
-        self._memory = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
+        self._cgroups = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
+        self._freezer: freezer.Freezer = freezer.SignalFreezer(tuple, groups=True)  # nothing to freeze yet
         self._api = runtime_api.RuntimeAPIServer(self, admit=self._admit)
         self._port = 0
         self._proc: asyncio.subprocess.Process | external.ExternalRuntime | None = None
@@ -216,7 +217,7 @@ class Sandbox(runtime_api.RuntimeHost):
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5)
-        await asyncio.to_thread(self._memory.release)
+        await asyncio.to_thread(self._cgroups.release)
         if self._uid is not None:
             self._uid.release()  # only now: nothing of this sandbox runs as that uid any more
         self.stopped.set()
@@ -243,6 +244,7 @@ class Sandbox(runtime_api.RuntimeHost):
             self._capture = logs.LogCapture(read_fd, self._sink, loop=asyncio.get_running_loop())
         proc = external.ExternalRuntime()
         await proc.started()
+        self._freezer = freezer.SignalFreezer(proc.pids, groups=False)  # another container: no cgroup of ours
         self._spawned_at = time.monotonic()
         self._init_duration_ms = None
         self._served = False
@@ -251,7 +253,7 @@ class Sandbox(runtime_api.RuntimeHost):
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         read_fd, write_fd = os.pipe()
-        self._memory.reset_peak()
+        self._cgroups.reset_peak()
         try:
             argv = isolation.sandbox_argv(
                 self.config.runtime_argv(self._task_root, self._opt_root),
@@ -262,7 +264,7 @@ class Sandbox(runtime_api.RuntimeHost):
                 read_only=self._runtime_roots(),
             )
             proc = await asyncio.create_subprocess_exec(
-                *self._memory.wrap(argv),
+                *self._cgroups.wrap(argv),
                 cwd=self.config.code_dir,
                 env=self.config.runtime_env(self._port, self._task_root, self._opt_root),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -272,6 +274,10 @@ class Sandbox(runtime_api.RuntimeHost):
             )
         finally:
             os.close(write_fd)
+        if self._cgroups.freezer is not None:
+            self._freezer = freezer.CgroupFreezer(self._cgroups.freezer, v2=self._cgroups.cgroup_v2)
+        else:
+            self._freezer = freezer.SignalFreezer(lambda: (proc.pid,), groups=True)  # its own session's group
         if self._capture is not None:
             self._capture.close()
         self._capture = logs.LogCapture(read_fd, self._sink, loop=asyncio.get_running_loop())
@@ -318,6 +324,15 @@ class Sandbox(runtime_api.RuntimeHost):
             proc.kill()
         elif proc is not None and proc.returncode is None:
             limits.kill_group(proc.pid)
+        self._freezer.thaw()  # a process in a frozen (v1) cgroup acts on SIGKILL only once thawed
+
+    def _freeze(self) -> None:
+        """Nothing of the sandbox runs until its next invocation (Lambda freezes it once the runtime is back in
+        /next). What it wrote after its last answer, up to now, was that invocation's: it is in the log stream
+        already, and must not open the next invocation's tail."""
+        self._freezer.freeze()
+        if self._served and self._capture is not None:
+            self._capture.take()
 
     # ---- the Runtime API (called by runtime_api) -------------------------------------------------------------
 
@@ -329,22 +344,29 @@ class Sandbox(runtime_api.RuntimeHost):
         if self._init_duration_ms is None:
             self._init_duration_ms = (time.monotonic() - self._spawned_at) * 1000
         self._waiting_next = True
+        if not self._session.has_work():
+            self._freeze()
         try:
             invocation = await self._session.next()
+        except BaseException:
+            self._freezer.thaw()  # the sandbox is going away: let it act on what ends it
+            raise
         finally:
             self._waiting_next = False
         return invocation, self._begin(invocation)
 
     def _begin(self, invocation: pb.Invocation) -> int:
-        """Hand an invocation to the runtime: note START, arm the deadline. Returns the deadline (epoch ms)."""
+        """Hand an invocation to the runtime: note START, thaw the sandbox, arm the deadline (its clock starts only
+        now: time frozen is nobody's). Returns the deadline (epoch ms)."""
         init_duration_ms = 0.0 if self._served else (self._init_duration_ms or 0.0)
         self._served = True
+        if self._capture is not None:
+            self._capture.note(reports.start_line(invocation.request_id, self.config.version))
+        self._freezer.thaw()  # after START: what a thawed background thread writes first is this invocation's
         self._current = _InFlight(invocation, time.monotonic(), init_duration_ms)
         timeout = self.config.timeout_seconds
         deadline_ms = int(time.time() * 1000 + timeout * 1000)
         self._current.timer = asyncio.get_running_loop().call_later(timeout, self._on_deadline, invocation.request_id)
-        if self._capture is not None:
-            self._capture.note(reports.start_line(invocation.request_id, self.config.version))
         return deadline_ms
 
     def _on_deadline(self, request_id: str) -> None:
@@ -406,7 +428,7 @@ class Sandbox(runtime_api.RuntimeHost):
         measured = reports.Measurement(
             duration_ms=duration_ms,
             memory_size_mb=self.config.memory_mb,
-            max_memory_used_mb=self._memory.max_used_mb(pid),
+            max_memory_used_mb=self._cgroups.max_used_mb(pid),
             init_duration_ms=current.init_duration_ms,
         )
         request_id = current.invocation.request_id

@@ -145,6 +145,10 @@ class Session:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(SessionClosed())
 
+    def has_work(self) -> bool:
+        """Whether an invocation is already here for the runtime's next /next (it need not wait for one)."""
+        return bool(self._inbox)
+
     async def next(self) -> pb.Invocation:
         """The next invocation for this sandbox; asks the gateway only if no request is already outstanding."""
         if self._closed:
