@@ -27,7 +27,7 @@ from typing import IO, Any, Protocol
 
 from . import naming, packages, specs
 
-DEFAULT_RUNTIME = "python3.12"
+DEFAULT_RUNTIME = "python3.11"  # offered by the default runtime image, and by kambda's oldest Python locally
 DEFAULT_HANDLER = "app.handler"
 PROGRESS_ABOVE = 1024 * 1024  # smaller uploads print no progress
 

@@ -1,17 +1,140 @@
-"""Which runtimes this host can run for the local backend, and why not when it cannot.
+"""Which runtimes this host can run for the local backend, with what, and why not when it cannot.
 
-A `nodejs22.x` function must not quietly run on Node.js 20: the local backend runs the host's `node`, so a
-nodejs runtime is offered only when its major version is the host's. (Python runtimes run on the interpreter
-kambda runs on; matching them to `python3.X` is the sandbox-fidelity work still to come.)
+A runtime must be what it says: a `python3.13` function runs on a Python 3.13, a `nodejs22.x` one on Node.js 22,
+or is refused with the list of what this host offers.
+
+- Python: the interpreters found on this host (the one kambda runs on, then `python3.N` on PATH, /usr/bin and
+  /usr/local/bin), each asked (a probe run by that interpreter) for its version and where its awslambdaric and boto3
+  are, with their dependencies. Only an interpreter that has both offers its version. The runtime process sees
+  those distributions and nothing else of its environment (a directory of links, `python_site`; sandbox.py runs the
+  interpreter with `-S`), as on Lambda, where a function has its code, its layers, the runtime client and boto3.
+- Node.js: the host's `node`, for its own major version.
+- provided*: always (the function brings its own runtime).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import shutil
 import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
-from .specs import NODEJS_RUNTIMES
+from .specs import NODEJS_RUNTIMES, PROVIDED_RUNTIMES, PYTHON_RUNTIMES
+
+PROVIDED_PACKAGES = ("awslambdaric", "boto3")  # what Lambda's Python runtimes give a function
+PATH_DIRS = ("/usr/local/bin", "/usr/bin")
+
+# Run by each candidate interpreter: its version, its real executable, and the top-level files and directories of
+# PROVIDED_PACKAGES and their dependencies (extras excluded; a dependency not installed, e.g. one only for older
+# Pythons, is skipped). Standard library only: it runs outside kambda's environment.
+PROBE = r"""
+import importlib.metadata as md, json, os, re, sys
+def key(name): return re.sub(r"[-_.]+", "-", name).lower()
+roots, found, todo = sys.argv[1:], {}, list(sys.argv[1:])
+while todo:
+    name = todo.pop()
+    if key(name) in found: continue
+    try: dist = md.distribution(name)
+    except md.PackageNotFoundError: continue
+    found[key(name)] = dist
+    for req in dist.requires or []:
+        if "extra" not in req.partition(";")[2]: todo.append(re.match(r"[A-Za-z0-9._-]+", req).group(0))
+paths = sorted({str(d.locate_file(str(f).split("/")[0])) for d in found.values() for f in d.files or []
+                if not str(f).startswith(("..", "__pycache__", "/"))})
+print(json.dumps({"version": "%d.%d" % sys.version_info[:2],
+                  "interpreter": os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable),
+                  "missing": [r for r in roots if key(r) not in found], "paths": paths}))
+"""
+
+
+@dataclass(frozen=True)
+class PythonRuntime:
+    runtime: str  # python3.N
+    interpreter: str  # the base interpreter's real path (no virtualenv: -S, and the packages come as links)
+    packages: tuple[str, ...]  # the provided distributions' top-level files and directories
+
+    def site(self, root: Path) -> Path:
+        """A directory of links to the packages under `root` (made once; content-addressed, so never stale)."""
+        digest = hashlib.sha256("\0".join((self.interpreter, *self.packages)).encode()).hexdigest()[:12]
+        target = root / f"{self.runtime}-{digest}"
+        if target.is_dir():
+            return target
+        root.mkdir(parents=True, exist_ok=True)
+        staging = root / f".staging-{os.getpid()}-{target.name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o755)
+        for path in self.packages:
+            (staging / os.path.basename(path)).symlink_to(path)
+        staging.chmod(0o755)  # whatever the umask: a sandbox's own uid lists it
+        try:
+            staging.rename(target)
+        except OSError:  # another gateway made the same one first
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+
+def _candidates() -> list[str]:
+    found = [sys.executable]
+    for runtime in PYTHON_RUNTIMES:
+        name = runtime  # python3.N
+        on_path = shutil.which(name)
+        found += [p for p in (on_path, *(os.path.join(d, name) for d in PATH_DIRS)) if p]
+    return found
+
+
+def _probe(interpreter: str) -> dict[str, object] | None:
+    try:
+        result = subprocess.run(
+            [interpreter, "-c", PROBE, *PROVIDED_PACKAGES], capture_output=True, text=True, timeout=30, check=True
+        )
+        answer: dict[str, object] = json.loads(result.stdout)
+        return answer
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class PythonSurvey:
+    """What the Python interpreters on this host offer, and the ones that cannot serve a runtime, with why."""
+
+    offered: dict[str, PythonRuntime]
+    unusable: dict[str, str]  # interpreter -> reason
+
+
+@functools.cache
+def python_survey() -> PythonSurvey:
+    """Probes each candidate once per process (tens of ms each), the first one of a version wins."""
+    offered: dict[str, PythonRuntime] = {}
+    unusable: dict[str, str] = {}
+    seen: set[str] = set()
+    for candidate in _candidates():
+        real = os.path.realpath(candidate)
+        if real in seen or not os.access(real, os.X_OK):
+            continue
+        seen.add(real)
+        answer = _probe(candidate)
+        if answer is None:  # not a working interpreter (a pyenv shim of a version not installed, say)
+            continue
+        runtime = f"python{answer['version']}"
+        if runtime not in PYTHON_RUNTIMES or runtime in offered:
+            continue
+        missing = answer["missing"]
+        if isinstance(missing, list) and missing:
+            unusable[real] = f"{runtime} without {' and '.join(map(str, missing))} (pip install awslambdaric boto3)"
+            continue
+        paths = answer["paths"]
+        packages = tuple(str(p) for p in paths) if isinstance(paths, list) else ()
+        offered[runtime] = PythonRuntime(runtime, str(answer["interpreter"]), packages)
+    return PythonSurvey(offered, unusable)
+
+
+def python_runtime(runtime: str) -> PythonRuntime | None:
+    return python_survey().offered.get(runtime)
 
 
 @functools.cache
@@ -27,15 +150,35 @@ def node_version(node: str = "node") -> str | None:
     return result.stdout.strip() or None
 
 
+def _node_runtime(version: str | None) -> str | None:
+    if not version:
+        return None
+    runtime = f"nodejs{version.lstrip('v').split('.')[0]}.x"
+    return runtime if runtime in NODEJS_RUNTIMES else None
+
+
+def offered(node: str | None = None) -> list[str]:
+    """Every runtime this host runs, in the order of specs.RUNTIMES."""
+    node_runtime = _node_runtime(node if node is not None else node_version())
+    python = python_survey().offered
+    return [r for r in PYTHON_RUNTIMES if r in python] + [r for r in NODEJS_RUNTIMES if r == node_runtime] + list(
+        PROVIDED_RUNTIMES
+    )
+
+
 def problem(runtime: str, node: str | None = None) -> str | None:
     """Why this host cannot run `runtime` locally, or None. `node` is the version to judge by (default: probed)."""
-    if runtime not in NODEJS_RUNTIMES:
-        return None
-    version = node if node is not None else node_version()
-    wanted = runtime.removeprefix("nodejs").removesuffix(".x")
-    if not version:
-        return f"{runtime} needs Node.js {wanted} on this host; there is no `node`"
-    major = version.lstrip("v").split(".")[0]
-    if major != wanted:
-        return f"{runtime} needs Node.js {wanted}; this host has {version}, so it offers nodejs{major}.x"
+    if runtime in NODEJS_RUNTIMES:
+        version = node if node is not None else node_version()
+        wanted = runtime.removeprefix("nodejs").removesuffix(".x")
+        if not version:
+            return f"{runtime} needs Node.js {wanted} on this host; there is no `node`"
+        if _node_runtime(version) != runtime:
+            return f"{runtime} needs Node.js {wanted}; this host has {version}. {_offers(node)}"
+    if runtime in PYTHON_RUNTIMES and python_runtime(runtime) is None:
+        return f"{runtime} needs a Python {runtime.removeprefix('python')} with awslambdaric and boto3. {_offers(node)}"
     return None
+
+
+def _offers(node: str | None) -> str:
+    return f"This host offers: {', '.join(offered(node))}"

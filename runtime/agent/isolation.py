@@ -116,11 +116,11 @@ def lease_uid(*, locks: Path = UID_LOCKS, base: int = UID_BASE, count: int = UID
 
 
 def python_roots(executable: str = sys.executable) -> tuple[str, ...]:
-    """The directories the interpreter that runs awslambdaric needs: its installation and its virtualenv."""
-    roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
-    roots.add(os.path.dirname(os.path.dirname(os.path.realpath(executable))))
+    """The directory a Python interpreter needs: its installation (the prefix its standard library is under). Not
+    a virtualenv: runtimes run the base interpreter with `-S`, and Lambda's libraries come in as binds."""
+    root = os.path.dirname(os.path.dirname(os.path.realpath(executable)))
     # /usr is bound anyway; "/" (an interpreter in /bin without merged /usr) would expose the whole host.
-    return tuple(sorted(r for r in roots if r != "/" and not r.startswith("/usr")))
+    return () if root == "/" or root.startswith("/usr") else (root,)
 
 
 def _ancestors(paths: Iterable[str]) -> list[str]:
@@ -143,6 +143,7 @@ def sandbox_argv(
     uid: int | None,
     opt_dir: str | None = None,
     read_only: tuple[str, ...] = (),
+    binds: tuple[tuple[str, str], ...] = (),
     tmp_bytes: int = TMP_BYTES,
     shm_bytes: int = SHM_BYTES,
 ) -> list[str]:
@@ -161,11 +162,14 @@ def sandbox_argv(
     command += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     command += ["--size", str(shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
     extra = [path for path in read_only if os.path.exists(path)]
-    for directory in _ancestors([*extra, TASK_ROOT]):
+    binds = tuple((source, dest) for source, dest in binds if os.path.exists(source))
+    for directory in _ancestors([*extra, TASK_ROOT, *(dest for _, dest in binds)]):
         if directory not in ("/tmp", "/dev", "/dev/shm"):  # mounted above, with their own modes
             command += ["--perms", "0755", "--dir", directory]
     for path in extra:
         command += ["--ro-bind", path, path]
+    for source, dest in binds:
+        command += ["--ro-bind", source, dest]
     command += ["--ro-bind", code_dir, TASK_ROOT]
     if opt_dir is not None:
         command += ["--ro-bind", opt_dir, OPT_ROOT]  # the function's layers, merged

@@ -30,6 +30,8 @@ PYTHON_PREFIX = "python"
 NODE_PREFIX = "nodejs"
 # Where hack/build-node-ric.sh leaves AWS's Node.js runtime interface client (its native part built) on a host.
 NODE_RIC_CACHE = "/var/cache/kambda"
+# Lambda's LAMBDA_RUNTIME_DIR: the runtime interface client and the SDK Lambda provides (boto3), and nothing else.
+RUNTIME_DIR = "/var/runtime"
 
 
 def default_node_ric() -> str | None:
@@ -39,6 +41,32 @@ def default_node_ric() -> str | None:
         return os.environ["KAMBDA_NODE_RIC"]
     builds = sorted(glob.glob(os.path.join(NODE_RIC_CACHE, "node-ric-*", "node_modules", "aws-lambda-ric")))
     return builds[-1] if builds else None
+
+
+def base_interpreter() -> str:
+    """The interpreter this agent runs on, outside any virtualenv (whose packages are the platform's)."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def python_argv(python: str, site: str, handler: str) -> list[str]:
+    """awslambdaric under `python -S`: no site-packages at all, neither the platform's nor the distribution's. The
+    handler imports its code (the working directory, first), its layers (PYTHONPATH), the standard library, and
+    what Lambda provides, last, as on Lambda; a function that vendors its own boto3 gets its own."""
+    boot = (
+        f"import sys\nif {site!r} not in sys.path: sys.path.append({site!r})\n"
+        "from awslambdaric.__main__ import main\nmain(sys.argv)"
+    )
+    return [python, "-S", "-c", boot, handler]
+
+
+def site_binds(site: str) -> tuple[tuple[str, str], ...]:
+    """Read-only binds that show `site`'s entries at RUNTIME_DIR in an isolated sandbox: the entries themselves,
+    links resolved, so nothing else of the directories they live in (the platform's virtualenv) is visible."""
+    try:
+        names = sorted(os.listdir(site))
+    except OSError:
+        return ()
+    return tuple((os.path.realpath(os.path.join(site, n)), f"{RUNTIME_DIR}/{n}") for n in names)
 
 
 @dataclass(frozen=True)
@@ -55,7 +83,10 @@ class SandboxConfig:
     timeout_seconds: float
     environment: Mapping[str, str] = field(default_factory=dict)
     region: str = "us-east-1"
-    python: str = sys.executable  # interpreter that has awslambdaric
+    python: str = field(default_factory=lambda: base_interpreter())  # of python* functions (the runtime's version)
+    # What Lambda provides python* functions (awslambdaric, boto3 and their dependencies): a directory of them, or of
+    # links to them. In a runtime image it is /var/runtime itself; the local backend builds one (hostruntimes.py).
+    python_site: str = RUNTIME_DIR
     use_cgroups: bool = True
     passthrough_env: tuple[str, ...] = ()  # the agent's own variables (e.g. from Secrets) the runtime also gets
     code_url: str | None = None  # a zip to download into code_dir before the first start
@@ -80,11 +111,14 @@ class SandboxConfig:
     def name(self) -> str:
         return self.function.split("/", 1)[-1]
 
-    def runtime_argv(self, task_root: str | None = None, opt_root: str | None = None) -> list[str]:
-        """The runtime's command line, with the code at `task_root` and layers at `opt_root` (where the runtime
-        sees them). A custom runtime's `bootstrap` is the code's, else a layer's (Lambda looks in that order)."""
+    def runtime_argv(
+        self, task_root: str | None = None, opt_root: str | None = None, site_root: str | None = None
+    ) -> list[str]:
+        """The runtime's command line, with the code at `task_root`, layers at `opt_root` and Lambda's provided
+        libraries at `site_root` (where the runtime sees them). A custom runtime's `bootstrap` is the code's, else a
+        layer's (Lambda looks in that order)."""
         if self.runtime.startswith(PYTHON_PREFIX):
-            return [self.python, "-m", "awslambdaric", self.handler]
+            return python_argv(self.python, site_root or self.python_site, self.handler)
         if self.runtime.startswith(NODE_PREFIX):
             # Unmodified: the client's own entry point, which loads the handler from its working directory.
             ric = self.node_ric or "aws-lambda-ric-not-installed"
@@ -109,7 +143,14 @@ class SandboxConfig:
             env["PYTHONPATH"] = f"{opt_root}/python/lib/python{version}/site-packages:{opt_root}/python"
         return env
 
-    def runtime_env(self, api_port: int, task_root: str | None = None, opt_root: str | None = None) -> dict[str, str]:
+    def runtime_dir(self, task_root: str | None, opt_root: str | None, site_root: str | None) -> str:
+        if self.runtime.startswith(PYTHON_PREFIX):
+            return site_root or self.python_site
+        return os.path.dirname(self.runtime_argv(task_root, opt_root, site_root)[0])
+
+    def runtime_env(
+        self, api_port: int, task_root: str | None = None, opt_root: str | None = None, site_root: str | None = None
+    ) -> dict[str, str]:
         """The reserved Lambda environment plus the function's own variables (configuration-envvars)."""
         stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{self.version}]{self.instance_id}"
         env = {
@@ -122,7 +163,7 @@ class SandboxConfig:
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api_port}",
             "_HANDLER": self.handler,
             "LAMBDA_TASK_ROOT": task_root or self.code_dir,
-            "LAMBDA_RUNTIME_DIR": os.path.dirname(self.runtime_argv(task_root, opt_root)[0]),
+            "LAMBDA_RUNTIME_DIR": self.runtime_dir(task_root, opt_root, site_root),
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_LAMBDA_FUNCTION_NAME": self.name,
@@ -161,6 +202,7 @@ class Sandbox(runtime_api.RuntimeHost):
         self._opt_root = (
             None if config.opt_dir is None else isolation.OPT_ROOT if self._isolation.enabled else config.opt_dir
         )
+        self._site_root = RUNTIME_DIR if self._isolation.enabled else config.python_site
         self._cgroups = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
         self._freezer: freezer.Freezer = freezer.SignalFreezer(tuple, groups=True)  # nothing to freeze yet
         self._api = runtime_api.RuntimeAPIServer(self, admit=self._admit)
@@ -229,6 +271,11 @@ class Sandbox(runtime_api.RuntimeHost):
         sock = transport.get_extra_info("socket")
         return sock is not None and peers.peer_uid(sock) == self._uid.uid
 
+    def _site_binds(self) -> tuple[tuple[str, str], ...]:
+        if not (self._isolation.enabled and self.config.runtime.startswith(PYTHON_PREFIX)):
+            return ()
+        return site_binds(self.config.python_site)
+
     def _runtime_roots(self) -> tuple[str, ...]:
         """What the runtime's interpreter and client need visible in the sandbox (read-only)."""
         roots = isolation.python_roots(self.config.python)
@@ -256,17 +303,18 @@ class Sandbox(runtime_api.RuntimeHost):
         self._cgroups.reset_peak()
         try:
             argv = isolation.sandbox_argv(
-                self.config.runtime_argv(self._task_root, self._opt_root),
+                self.config.runtime_argv(self._task_root, self._opt_root, self._site_root),
                 self._isolation,
                 code_dir=self.config.code_dir,
                 opt_dir=self.config.opt_dir,
                 uid=self._uid.uid if self._uid is not None else None,
                 read_only=self._runtime_roots(),
+                binds=self._site_binds(),
             )
             proc = await asyncio.create_subprocess_exec(
                 *self._cgroups.wrap(argv),
                 cwd=self.config.code_dir,
-                env=self.config.runtime_env(self._port, self._task_root, self._opt_root),
+                env=self.config.runtime_env(self._port, self._task_root, self._opt_root, self._site_root),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,

@@ -185,11 +185,11 @@ def test_deploy_versions_and_a_restart(tmp_path: Path, key_file: Path) -> None:
         assert plain["CodeSha256"] == packages.code_sha256(plain_sha)
         (manifests / "from-store.yaml").write_text(
             "apiVersion: kambda.dev/v1alpha1\nkind: Function\nmetadata: {name: from-store}\n"
-            f"spec: {{runtime: python3.12, handler: app.handler, code: {{sha256: {plain_sha}}}}}\n"
+            f"spec: {{runtime: python3.11, handler: app.handler, code: {{sha256: {plain_sha}}}}}\n"
         )
         (manifests / "missing.yaml").write_text(
             "apiVersion: kambda.dev/v1alpha1\nkind: Function\nmetadata: {name: missing}\n"
-            f"spec: {{runtime: python3.12, handler: app.handler, code: {{sha256: {'e' * 64}}}}}\n"
+            f"spec: {{runtime: python3.11, handler: app.handler, code: {{sha256: {'e' * 64}}}}}\n"
         )  # not uploaded (yet): the gateway still starts, so that it can be
         victim = deployed(kambda("deploy", str(small_project(tmp_path / "victim", "victim")), "--name", "victim",
                                  "--endpoint", gw.url))  # fmt: skip
@@ -314,7 +314,7 @@ def test_a_tampered_package_is_refused_never_run(gateway: Gateway, tmp_path: Pat
     store_sha(data, sha).write_bytes(good.replace(b"good", b"evil"))  # same length, other bytes
 
     manifest = {"apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "metadata": {"name": "tampered"},
-                "spec": {"runtime": "python3.12", "handler": "app.handler", "code": {"sha256": sha}}}  # fmt: skip
+                "spec": {"runtime": "python3.11", "handler": "app.handler", "code": {"sha256": sha}}}  # fmt: skip
     status, headers, body = request(gateway, "PUT", "/kambda/v1/functions/tampered", json.dumps(manifest).encode())
     assert (status, error_type(headers)) == (404, "ResourceNotFoundException")
     assert f"the stored package {sha} no longer matched its sha256" in json.loads(body)["Message"]
@@ -364,7 +364,7 @@ def test_url_code_with_a_wrong_hash_or_a_zip_slip_fails_clearly(tmp_path: Path) 
         assert [p.name for p in (sandbox / "task").iterdir()] == ["app.py"]
 
         # A pod's agent with that configuration: the failure is its exit and its last words, as for any CodeError.
-        config = {"function": "default/f", "version": "1", "runtime": "python3.12", "handler": "app.handler",
+        config = {"function": "default/f", "version": "1", "runtime": "python3.11", "handler": "app.handler",
                   "code_dir": str(tmp_path / "pod-task"), "memory_mb": 128, "timeout_seconds": 3,
                   "code_url": url, "code_sha256": "f" * 64, "use_cgroups": False}  # fmt: skip
         env = {**os.environ, "KAMBDA_SANDBOX": json.dumps(config), "KAMBDA_CREDENTIAL": "c", "HOSTNAME": "pod-1"}
@@ -454,7 +454,7 @@ def test_on_kubernetes_deploy_creates_then_merge_patches_the_function_with_the_u
         assert action == "created"
         assert api.objects["fn"] == {
             "apiVersion": "kambda.dev/v1alpha1", "kind": "Function", "metadata": {"name": "fn", "namespace": "team"},
-            "spec": {"code": {"sha256": first}, "runtime": "python3.12", "handler": "app.handler", "memoryMB": 256,
+            "spec": {"code": {"sha256": first}, "runtime": "python3.11", "handler": "app.handler", "memoryMB": 256,
                      "environment": {"A": "1", "B": "2"}},
         }  # fmt: skip
         api.objects["fn"]["spec"]["concurrency"] = {"reserved": 2}  # set by someone else meanwhile: kept
@@ -462,7 +462,7 @@ def test_on_kubernetes_deploy_creates_then_merge_patches_the_function_with_the_u
         action, _ = asyncio.run(deploying.deploy_kubernetes(kubeconfig, "fn", "team", second, update))
         assert action == "updated"
         assert api.objects["fn"]["spec"] == {
-            "code": {"sha256": second}, "runtime": "python3.12", "handler": "app.handler", "memoryMB": 256,
+            "code": {"sha256": second}, "runtime": "python3.11", "handler": "app.handler", "memoryMB": 256,
             "timeoutSeconds": 30, "environment": {"B": "3"}, "concurrency": {"reserved": 2},
         }  # fmt: skip
         assert [m for m, _, _ in api.requests] == ["GET", "POST", "GET", "PATCH"]
