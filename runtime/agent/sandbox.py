@@ -310,6 +310,7 @@ class Sandbox(runtime_api.RuntimeHost):
                 uid=self._uid.uid if self._uid is not None else None,
                 read_only=self._runtime_roots(),
                 binds=self._site_binds(),
+                tmp_bytes=self.config.tmp_mb * limits.MIB,  # the Function's ephemeralStorage
             )
             proc = await asyncio.create_subprocess_exec(
                 *self._cgroups.wrap(argv),

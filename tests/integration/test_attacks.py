@@ -146,6 +146,11 @@ def handler(event, context):
         "append_own_code": outcome(lambda: append("/var/task/app.py")),
         "raise_memory_limit": outcome(lambda: write(t["memory_limit_file"], str(4 << 30))),
         "write_data_dir": outcome(lambda: write(t["data_dir"] + "/junk", "x" * (1 << 20))),
+        "list_data_dir": outcome(lambda: os.listdir(t["data_dir"])),
+        "read_queue": outcome(lambda: open(t["queue_file"], "rb").read(100).hex()),
+        "read_victim_code": outcome(lambda: open(t["victim_code"] + "/app.py").read()),
+        "read_signing_key": outcome(lambda: read_memory(t["gateway_pid"])),  # the local key lives only there
+        "read_gateway_environ": outcome(lambda: open(f"/proc/{t['gateway_pid']}/environ", "rb").read().hex()),
         "write_etc": outcome(lambda: write("/etc/kambda-was-here", "x")),
         "setuid_root": outcome(lambda: os.setuid(0)),
         "fill_tmp": fill("/tmp/fill", 2 << 30),
@@ -164,6 +169,7 @@ spec:
   handler: app.handler
   memoryMB: 1024
   timeoutSeconds: 120
+  ephemeralStorage: {{size: 600}}
   code:
     files:
       app.py: |
@@ -256,6 +262,8 @@ def test_every_attack_from_inside_a_function_is_refused(platform: tuple[Gateway,
     limit_file = memory_limit_file(victim)
     assert Path(limit_file).exists()
     victim_code = next(p.parent for p in (root / "data" / "code").glob("*/app.py") if "victim" in p.read_text())
+    queue_file = next(p for p in (root / "data").iterdir() if p.is_file() and p.stat().st_size > 0)
+    assert victim_code.stat().st_mode & 0o004 and queue_file.read_bytes()  # what the attacker must not read exists
     targets = {
         "agent_pid": agent,
         "gateway_pid": gateway.proc.pid,
@@ -264,6 +272,7 @@ def test_every_attack_from_inside_a_function_is_refused(platform: tuple[Gateway,
         "victim_code": str(victim_code),
         "memory_limit_file": limit_file,
         "data_dir": str(root / "data"),
+        "queue_file": str(queue_file),
     }
     # The victim is busy answering its real caller while the attacker tries to take its work.
     victim_answer: dict[str, Any] = {}
@@ -277,10 +286,12 @@ def test_every_attack_from_inside_a_function_is_refused(platform: tuple[Gateway,
     assert result["harvest"] == {"succeeded": []} or "refused" in result["harvest"]
     for attack in ("agent_memory", "kill_gateway", "kill_agent", "second_grpc_listener", "steal_invocation",
                    "append_victim_code", "append_own_code", "raise_memory_limit", "write_data_dir", "write_etc",
-                   "setuid_root"):  # fmt: skip
+                   "setuid_root", "list_data_dir", "read_queue", "read_victim_code", "read_signing_key",
+                   "read_gateway_environ"):  # fmt: skip
         assert "refused" in result[attack], (attack, result[attack])
     assert result["second_grpc_listener"]["refused"] == "EADDRINUSE"
-    assert result["fill_tmp"]["errno"] == "ENOSPC" and result["fill_tmp"]["stopped_at"] <= 512 << 20
+    # /tmp is the size the Function asked for (ephemeralStorage 600 MB; Lambda's default is 512).
+    assert result["fill_tmp"]["errno"] == "ENOSPC" and 512 << 20 < result["fill_tmp"]["stopped_at"] <= 600 << 20
     assert result["fill_shm"]["errno"] == "ENOSPC" and result["fill_shm"]["stopped_at"] <= 64 << 20
     assert result["threads"] < 1024
     assert not credentials & set(re.findall(r"[0-9a-f]{64}", json.dumps(result["environment"])))
