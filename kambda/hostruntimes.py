@@ -161,8 +161,10 @@ def offered(node: str | None = None) -> list[str]:
     """Every runtime this host runs, in the order of specs.RUNTIMES."""
     node_runtime = _node_runtime(node if node is not None else node_version())
     python = python_survey().offered
-    return [r for r in PYTHON_RUNTIMES if r in python] + [r for r in NODEJS_RUNTIMES if r == node_runtime] + list(
-        PROVIDED_RUNTIMES
+    return (
+        [r for r in PYTHON_RUNTIMES if r in python]
+        + [r for r in NODEJS_RUNTIMES if r == node_runtime]
+        + list(PROVIDED_RUNTIMES)
     )
 
 

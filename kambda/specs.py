@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import logconfig
 from .naming import API_VERSION
 
 PYTHON_RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "python3.13")
@@ -25,12 +26,13 @@ MEMORY_MB = (128, 10240)
 TIMEOUT_SECONDS = (1, 900)
 MAX_RETRY_ATTEMPTS = (0, 2)
 MAX_EVENT_AGE_SECONDS = (60, 21600)
+EPHEMERAL_STORAGE_MB = (512, 10240)  # Lambda's EphemeralStorage.Size: /tmp, 512 MB unless set
 
 # Fields a version snapshots (Lambda's "version configuration"); scaling, concurrency and async settings are the
 # function's and change without a new version.
 VERSIONED_FIELDS = (
     "runtime", "handler", "code", "memoryMB", "timeoutSeconds", "environment", "secretEnvironment",
-    "serviceAccountName", "network", "layers", "imageConfig",
+    "serviceAccountName", "network", "layers", "imageConfig", "logging", "ephemeralStorage",
 )  # fmt: skip
 MAX_LAYERS = 5  # Lambda's limit per function
 
@@ -128,6 +130,15 @@ class AsyncConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Lambda's LoggingConfig. The levels are set (to INFO unless given) exactly when the format is JSON."""
+
+    log_format: str = logconfig.TEXT
+    application_log_level: str | None = None
+    system_log_level: str | None = None
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     name: str
     namespace: str
@@ -147,6 +158,8 @@ class FunctionSpec:
     retain_versions: int = 5
     layers: tuple[str, ...] = ()  # hex SHA-256s of code-store packages, unpacked in order under /opt
     image_config: ImageConfig = ImageConfig()  # a container-image function's overrides of its image
+    logging: LoggingConfig = LoggingConfig()
+    ephemeral_storage_mb: int = EPHEMERAL_STORAGE_MB[0]  # the size of the function's /tmp
 
     @property
     def is_python(self) -> bool:
@@ -272,6 +285,10 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     image_config = _parse_image_config(r, spec)
     if is_image and layers:
         r.fail("spec.layers", "a container-image function has no layers (its image holds what they would)")
+    logging = _parse_logging(r, spec)
+    storage = r.integer(
+        r.mapping(spec, "ephemeralStorage", "spec"), "size", "spec.ephemeralStorage", EPHEMERAL_STORAGE_MB
+    )
 
     if r.errors:
         raise SpecError(r.errors)
@@ -303,6 +320,36 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         retain_versions=retain or 5,
         layers=layers,
         image_config=image_config,
+        logging=logging,
+        ephemeral_storage_mb=storage or EPHEMERAL_STORAGE_MB[0],
+    )
+
+
+def _parse_logging(r: _Reader, spec: Mapping[str, Any]) -> LoggingConfig:
+    """`logging: {format, applicationLogLevel, systemLogLevel}`. Lambda refuses levels with the Text format (they
+    filter JSON records only), and so does this, rather than ignoring them."""
+    raw = r.mapping(spec, "logging", "spec")
+    log_format = r.string(raw, "format", "spec.logging") or logconfig.TEXT
+    if log_format not in logconfig.FORMATS:
+        r.fail("spec.logging.format", f"must be one of {', '.join(logconfig.FORMATS)}")
+    levels: dict[str, str | None] = {}
+    for key, allowed in (
+        ("applicationLogLevel", logconfig.APPLICATION_LEVELS),
+        ("systemLogLevel", logconfig.SYSTEM_LEVELS),
+    ):
+        level = r.string(raw, key, "spec.logging")
+        if level is not None and level not in allowed:
+            r.fail(f"spec.logging.{key}", f"must be one of {', '.join(allowed)}")
+        elif level is not None and log_format != logconfig.JSON:
+            # Lambda's own words: "LogLevel is not supported when LogFormat is set to "Text". ..."
+            r.fail(f"spec.logging.{key}", "is not supported when format is Text: remove it or set format: JSON")
+        levels[key] = level
+    if log_format != logconfig.JSON:
+        return LoggingConfig()
+    return LoggingConfig(
+        log_format=logconfig.JSON,
+        application_log_level=levels["applicationLogLevel"] or logconfig.DEFAULT_LEVEL,
+        system_log_level=levels["systemLogLevel"] or logconfig.DEFAULT_LEVEL,
     )
 
 

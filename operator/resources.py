@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kambda import credentials, naming
+from kambda import credentials, logconfig, naming
 from kambda.specs import VERSIONED_FIELDS, FunctionSpec
 
 LABEL_FUNCTION = "kambda.dev/function"
@@ -167,7 +167,16 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
         "node_ric": NODE_RIC_IN_IMAGE,
         "layers": list(fn.layers),
         "opt_dir": LAYERS_ROOT if fn.layers else None,
+        "tmp_mb": fn.ephemeral_storage_mb,
+        "log_format": fn.logging.log_format,
+        "application_log_level": fn.logging.application_log_level,
+        "system_log_level": fn.logging.system_log_level,
     }
+
+
+def _tmp_volume(fn: FunctionSpec) -> dict[str, Any]:
+    """The function's /tmp: Lambda's ephemeral storage, on the node's disk (not memory), evicted past its size."""
+    return {"name": "tmp", "emptyDir": {"sizeLimit": f"{fn.ephemeral_storage_mb}Mi"}}
 
 
 def needs_code_store(fn: FunctionSpec) -> bool:
@@ -229,7 +238,7 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
         ],
         "volumes": [
             _code_volume(fn, version),
-            {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}},
+            _tmp_volume(fn),
             # The agent unpacks the layers here, in order (at most 250 MB with the code, checked by the agent).
             *([{"name": "layers", "emptyDir": {"sizeLimit": "300Mi"}}] if fn.layers else []),
         ],
@@ -293,7 +302,7 @@ def _image_pod(
         "shareProcessNamespace": True,
         "containers": [agent, function],
         "volumes": [
-            {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}},
+            _tmp_volume(fn),
             {"name": "agent-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
@@ -317,6 +326,8 @@ def lambda_environment(fn: FunctionSpec, version: str, settings: Settings) -> di
     return {
         "LANG": "en_US.UTF-8",
         "TZ": ":UTC",
+        # Not among Lambda's reserved variables: a function's own setting of them is kept.
+        **logconfig.runtime_env(fn.logging.log_format, fn.logging.application_log_level),
         **fn.environment,
         "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{IMAGE_RUNTIME_API_PORT}",
         "LAMBDA_TASK_ROOT": TASK_ROOT,

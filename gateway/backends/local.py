@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
-from kambda import credentials
+from kambda import credentials, hostruntimes
 
 from ..registry import FunctionVersion
 from . import OnGone
@@ -28,7 +31,8 @@ class LocalSettings:
     signing_key: bytes
     region: str = "us-east-1"
     use_cgroups: bool = True
-    python: str = sys.executable
+    python: str = sys.executable  # the agent's interpreter (its runtimes' are hostruntimes')
+    runtimes_dir: Path | None = None  # where the Python runtimes' site directories are made (None: a temporary one)
     isolation: str = "auto"  # of sandboxes from each other and from the platform: auto | bwrap | none
 
 
@@ -123,8 +127,12 @@ class LocalBackend:
                 "timeout_seconds": spec.timeout_seconds,
                 "environment": dict(spec.environment),
                 "region": self._settings.region,
-                "python": self._settings.python,
+                **self._python_fields(spec.runtime),
                 "use_cgroups": self._settings.use_cgroups,
+                "tmp_mb": spec.ephemeral_storage_mb,  # the size of its private /tmp
+                "log_format": spec.logging.log_format,
+                "application_log_level": spec.logging.application_log_level,
+                "system_log_level": spec.logging.system_log_level,
             }
             lines.append(json.dumps({"op": "start", "sandbox": sandbox, "credential": credential}).encode() + b"\n")
             self._owners[instance_id] = version.key
@@ -132,6 +140,15 @@ class LocalBackend:
         proc.stdin.write(b"".join(lines))
         await proc.stdin.drain()
         return ids
+
+    def _python_fields(self, runtime: str) -> dict[str, str]:
+        """The interpreter of a python* runtime and the directory of what Lambda provides it (hostruntimes.py).
+        A runtime this host lacks was refused when its Function was loaded; none of it is sent."""
+        python = hostruntimes.python_runtime(runtime)
+        if python is None:
+            return {}
+        root = self._settings.runtimes_dir or Path(tempfile.gettempdir()) / f"kambda-runtimes-{os.getuid()}"
+        return {"python": python.interpreter, "python_site": str(python.site(root))}
 
     async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
         proc = self._proc

@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kambda import logconfig
+
 from ..rpc import runtime_pb2 as pb
 from . import code, external, freezer, isolation, limits, logs, peers, reports, runtime_api
 from .session import Session
@@ -158,6 +160,8 @@ class SandboxConfig:
             "LANG": "en_US.UTF-8",
             "TZ": ":UTC",
             **(self.layer_env(opt_root) if opt_root is not None else {}),
+            # Not reserved on Lambda: the function's own setting wins.
+            **logconfig.runtime_env(self.log_format, self.application_log_level),
             **self.environment,
             **{name: os.environ[name] for name in self.passthrough_env if name in os.environ},
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api_port}",
@@ -329,7 +333,8 @@ class Sandbox(runtime_api.RuntimeHost):
             self._freezer = freezer.SignalFreezer(lambda: (proc.pid,), groups=True)  # its own session's group
         if self._capture is not None:
             self._capture.close()
-        self._capture = logs.LogCapture(read_fd, self._sink, loop=asyncio.get_running_loop())
+        level_filter = logs.application_filter(self.config.log_format, self.config.application_log_level)
+        self._capture = logs.LogCapture(read_fd, self._sink, loop=asyncio.get_running_loop(), level_filter=level_filter)
         self._spawned_at = time.monotonic()
         self._init_duration_ms = None
         self._served = False
@@ -349,7 +354,9 @@ class Sandbox(runtime_api.RuntimeHost):
                 self._capture.drain()
             if self._current is not None:
                 await self._finish_error(
-                    "Runtime.ExitError", reports.exit_error(self._current.invocation.request_id, returncode)
+                    "Runtime.ExitError",
+                    reports.exit_error(self._current.invocation.request_id, returncode),
+                    failure="Runtime.ExitError",
                 )
             elif self._init_duration_ms is None:
                 # Died during init: the first invocation that comes answers for it (Lambda's suppressed init).
@@ -365,7 +372,7 @@ class Sandbox(runtime_api.RuntimeHost):
     async def _answer_with_init_error(self, error_type: str, payload: bytes) -> None:
         invocation = await self._session.next()
         self._begin(invocation)
-        await self._finish_error(error_type, payload)
+        await self._finish_error(error_type, payload, failure=error_type)
 
     def _kill(self) -> None:
         proc = self._proc
@@ -410,7 +417,11 @@ class Sandbox(runtime_api.RuntimeHost):
         init_duration_ms = 0.0 if self._served else (self._init_duration_ms or 0.0)
         self._served = True
         if self._capture is not None:
-            self._capture.note(reports.start_line(invocation.request_id, self.config.version))
+            line = reports.start_line(
+                invocation.request_id, self.config.version, log_format=self.config.log_format,
+                system_log_level=self.config.system_log_level, function_arn=invocation.invoked_function_arn or None,
+            )  # fmt: skip
+            self._capture.note(line)
         self._freezer.thaw()  # after START: what a thawed background thread writes first is this invocation's
         self._current = _InFlight(invocation, time.monotonic(), init_duration_ms)
         timeout = self.config.timeout_seconds
@@ -423,7 +434,9 @@ class Sandbox(runtime_api.RuntimeHost):
             return
         self._kill()
         payload = reports.timeout_error(request_id, self.config.timeout_seconds)
-        asyncio.get_running_loop().create_task(self._finish_error("Sandbox.Timedout", payload))
+        asyncio.get_running_loop().create_task(
+            self._finish_error("Sandbox.Timedout", payload, failure="Sandbox.Timedout")
+        )
 
     def _check_current(self, request_id: str) -> None:
         if self._current is None:
@@ -465,8 +478,9 @@ class Sandbox(runtime_api.RuntimeHost):
 
     # ---- ending an invocation --------------------------------------------------------------------------------
 
-    def _end(self) -> tuple[pb.Report, bytes]:
-        """Close the current invocation: stop its clock, write END and REPORT, return the report and log tail."""
+    def _end(self, failure: str | None = None) -> tuple[pb.Report, bytes]:
+        """Close the current invocation: stop its clock, write END and REPORT, return the report and log tail.
+        `failure`: the error type when the sandbox itself failed it (a timeout, a crash, init), for REPORT's status."""
         current = self._current
         assert current is not None
         self._current = None
@@ -483,7 +497,13 @@ class Sandbox(runtime_api.RuntimeHost):
         request_id = current.invocation.request_id
         tail = b""
         if self._capture is not None:
-            self._capture.note(reports.end_line(request_id) + reports.report_line(request_id, measured))
+            fmt = self.config.log_format
+            self._capture.note(
+                reports.end_line(request_id, log_format=fmt)
+                + reports.report_line(
+                    request_id, measured, log_format=fmt, system_log_level=self.config.system_log_level, failure=failure
+                )
+            )
             log_text = self._capture.take()
             tail = reports.tail(log_text) if current.invocation.tail_logs else b""
         report = pb.Report(
@@ -494,11 +514,13 @@ class Sandbox(runtime_api.RuntimeHost):
         )
         return report, tail
 
-    async def _finish_error(self, error_type: str, payload: bytes, *, and_next: bool = False) -> None:
+    async def _finish_error(
+        self, error_type: str, payload: bytes, *, and_next: bool = False, failure: str | None = None
+    ) -> None:
         if self._current is None:
             return
         request_id = self._current.invocation.request_id
-        report, tail = self._end()
+        report, tail = self._end(failure)
         await self._session.send_result(
             pb.AgentMessage(
                 error=pb.Error(

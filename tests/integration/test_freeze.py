@@ -83,7 +83,9 @@ spec:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("freeze")
     (root / "functions").mkdir()
-    (root / "functions" / "functions.yaml").write_text(_function("ticker", TICKER) + "---" + _function("spinner", SPINNER))
+    (root / "functions" / "functions.yaml").write_text(
+        _function("ticker", TICKER) + "---" + _function("spinner", SPINNER)
+    )
     gw = Gateway(root / "functions", root / "data")
     yield gw
     gw.stop()

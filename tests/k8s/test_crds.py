@@ -55,6 +55,12 @@ def good(extra: str) -> str:
         (good("concurrency: {reserved: -1}"), "spec.concurrency.reserved"),
         (good("network: {egress: internet}"), "spec.network.egress"),
         (good("environment: {A: {nested: 1}}"), "spec.environment.A"),
+        (good("logging: {format: json}"), "spec.logging.format"),
+        (good("logging: {format: JSON, systemLogLevel: ERROR}"), "spec.logging.systemLogLevel"),
+        (good("logging: {applicationLogLevel: WARN}"), "spec.logging"),  # levels need format JSON
+        (good("logging: {format: Text, systemLogLevel: WARN}"), "spec.logging"),
+        (good("ephemeralStorage: {size: 511}"), "spec.ephemeralStorage.size"),
+        (good("ephemeralStorage: {size: 10241}"), "spec.ephemeralStorage.size"),
         (
             "apiVersion: kambda.dev/v1alpha1\nkind: Alias\nmetadata: {name: a}\n"
             "spec: {function: hello, version: '1', additionalVersionWeights: {'2': 1.5}}\n",
@@ -74,3 +80,20 @@ def test_invalid_manifests_are_refused_naming_the_field(kube: Kube, namespace: s
     result = kube.apply(manifest, namespace)
     assert result.returncode != 0, f"accepted: {manifest}"
     assert field in result.stderr, result.stderr
+
+
+def test_logging_and_ephemeral_storage_are_accepted_with_lambdas_defaults(kube: Kube, namespace: str) -> None:
+    manifest = function(
+        "{" + GOOD + ", logging: {format: JSON, applicationLogLevel: WARN}, ephemeralStorage: {size: 2048}}",
+        name="logs",
+    )
+    result = kube.apply(manifest, namespace)
+    assert result.returncode == 0, result.stderr
+    assert (
+        kube.apply(function("{" + GOOD + ", logging: {}, ephemeralStorage: {}}", name="defaults"), namespace).returncode
+        == 0
+    )
+    defaulted = kube.get("function", "defaults", namespace)
+    assert defaulted is not None
+    spec = defaulted["spec"]
+    assert spec["logging"] == {"format": "Text"} and spec["ephemeralStorage"] == {"size": 512}
