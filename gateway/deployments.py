@@ -198,7 +198,7 @@ class Deployments:
 
     def _materialise(self, code: specs.Code) -> tuple[Path, str]:
         if code.package is None:
-            return manifests.materialise(manifests.read_code(code), self._cache)
+            return manifests.materialise(code, self._cache)
         try:
             return self._store.unpack(code.package, self._cache), packages.code_sha256(code.package)
         except PackageMissing as exc:

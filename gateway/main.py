@@ -45,7 +45,7 @@ def load_local_registry(directory: Path, settings: GatewaySettings, store: CodeS
     for spec in manifests.load_directory(directory):
         package = spec.code.package
         if package is None:
-            code_dir, sha = manifests.materialise(manifests.read_code(spec.code), cache)
+            code_dir, sha = manifests.materialise(spec.code, cache)
         else:
             try:
                 code_dir, sha = store.unpack(package, cache), packages.code_sha256(package)
@@ -224,8 +224,9 @@ def run_local(directory: Path, settings: GatewaySettings, signing_key: bytes | N
         deployments.load()
         key = signing_key or credentials.new_signing_key()
         local = LocalSettings(
-            signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups, isolation=settings.isolation
-        )
+            signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups, isolation=settings.isolation,
+            runtimes_dir=settings.data_dir / "runtimes",
+        )  # fmt: skip
         await serve(settings, registry, LocalBackend(local), key, store=store, deployments=deployments)
 
     return _serve_holding_data_dir(settings, main)

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kambda.deploying import Gateway
@@ -88,6 +88,7 @@ def _invoke(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     import asyncio
+    import tempfile
 
     from kambda import deploying, packages
 
@@ -95,10 +96,12 @@ def _deploy(args: argparse.Namespace) -> int:
         environment = dict(_key_value(item) for item in args.env) if args.env is not None else None
         layers = tuple(args.layer) if args.layer is not None else None
         options = deploying.Options(args.runtime, args.handler, args.memory, args.timeout, environment, layers)
-        gateway = deploying.Gateway(args.endpoint)
-        info = gateway.info()
-        namespace = args.namespace or str(info.get("namespace") or "default")
-        sha, size = _upload(gateway, Path(args.source))
+        with tempfile.TemporaryFile() as scratch:
+            zipped, sha, size = _package(Path(args.source), scratch)
+            gateway = deploying.Gateway(args.endpoint)
+            info = gateway.info()
+            namespace = args.namespace or str(info.get("namespace") or "default")
+            _store(gateway, zipped, sha, size)
         if info["backend"] == "kubernetes":
             action, _ = asyncio.run(deploying.deploy_kubernetes(args.kubeconfig, args.name, namespace, sha, options))
             print(f"Function {namespace}/{args.name} {action}: the operator publishes its version "
@@ -114,34 +117,41 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _upload(gateway: Gateway, source: Path) -> tuple[str, int]:
-    """Package `source` and store it in the gateway's code store (unless it is there): (sha256 hex, zipped size)."""
+def _package(source: Path, scratch: IO[bytes]) -> tuple[IO[bytes], str, int]:
+    """`source` packaged and checked (zipped into `scratch` if it is a directory): (zip, sha256 hex, zipped size).
+    Done before the gateway is asked anything, so that a bad package is named without a round trip."""
+    from kambda import deploying, packages
+
+    zipped = deploying.package(source, scratch)
+    size = zipped.seek(0, 2)
+    if size > packages.MAX_ZIPPED:
+        raise deploying.DeployFailed(
+            f"the package is {size} bytes zipped; the upload limit is {packages.MAX_ZIPPED} (Lambda's)"
+        )
+    zipped.seek(0)
+    return zipped, packages.sha256_hex(zipped), size
+
+
+def _store(gateway: Gateway, zipped: IO[bytes], sha: str, size: int) -> None:
+    """Put the package in the gateway's code store, unless it is there already."""
+    from kambda import deploying
+
+    if gateway.has(sha):
+        print(f"package {sha} is already stored", file=sys.stderr)
+    else:
+        zipped.seek(0)
+        gateway.upload(zipped, size, deploying.progress_line(size))
+
+
+def _layer(args: argparse.Namespace) -> int:
     import tempfile
 
     from kambda import deploying, packages
 
-    with tempfile.TemporaryFile() as scratch:
-        zipped = deploying.package(source, scratch)
-        size = zipped.seek(0, 2)
-        if size > packages.MAX_ZIPPED:
-            raise deploying.DeployFailed(
-                f"the package is {size} bytes zipped; the upload limit is {packages.MAX_ZIPPED} (Lambda's)"
-            )
-        zipped.seek(0)
-        sha = packages.sha256_hex(zipped)
-        if gateway.has(sha):
-            print(f"package {sha} is already stored", file=sys.stderr)
-        else:
-            zipped.seek(0)
-            gateway.upload(zipped, size, deploying.progress_line(size))
-    return sha, size
-
-
-def _layer(args: argparse.Namespace) -> int:
-    from kambda import deploying, packages
-
     try:
-        sha, size = _upload(deploying.Gateway(args.endpoint), Path(args.source))
+        with tempfile.TemporaryFile() as scratch:
+            zipped, sha, size = _package(Path(args.source), scratch)
+            _store(deploying.Gateway(args.endpoint), zipped, sha, size)
     except deploying.DeployFailed as exc:
         print(f"kambda layer: {exc}", file=sys.stderr)
         return 2
@@ -318,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="package code, upload it to the gateway, create or update the Function")
     deploy.add_argument("source", metavar="DIR|ZIP", help="a directory (zipped deterministically) or a zip file")
     deploy.add_argument("--name", required=True, help="the function's name")
-    deploy.add_argument("--runtime", help="e.g. python3.12 (the default for a new function) or provided")
+    deploy.add_argument("--runtime", help="e.g. python3.13 (python3.11 is the default for a new function) or provided")
     deploy.add_argument("--handler", help="module.function (app.handler for a new Python function)")
     deploy.add_argument("--memory", type=int, help="memory in MB (a new function: 128)")
     deploy.add_argument("--timeout", type=int, help="timeout in seconds (a new function: 3)")

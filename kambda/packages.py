@@ -133,14 +133,20 @@ def overlay(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> N
         child.rename(into)
 
 
+def check_tree(directory: str | os.PathLike[str]) -> None:
+    """What `build` would refuse in `directory`, said without building: a symbolic link that points outside the
+    tree (absolute, or `..` past its root, also by way of other links), or something that is not a file, a
+    directory or a link. Only names and links are read."""
+    _listing(Path(directory))
+
+
 def build(directory: str | os.PathLike[str], dest: str | os.PathLike[str] | IO[bytes]) -> None:
     """Zip `directory` so that the same tree always gives the same bytes: names sorted, one fixed timestamp, modes
     reduced to 0755/0644, symbolic links stored as links, `__pycache__` left out. A link that points outside the
-    tree is refused (the package would be)."""
+    tree is refused (the package would be). A top-level `bootstrap` is stored executable, as `extract` unpacks it,
+    so that zipping an unpacked tree again gives the same bytes (the local backend's cache check relies on it)."""
     root = Path(directory)
-    entries = sorted(_walk(root))
-    links = {name: os.readlink(root / name) for name, kind in entries if kind == "symlink"}
-    _check_links(links)
+    entries, links = _listing(root)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         for name, kind in entries:
             path = root / name
@@ -150,7 +156,7 @@ def build(directory: str | os.PathLike[str], dest: str | os.PathLike[str] | IO[b
                 info = _zip_info(name, stat.S_IFLNK | 0o777, zipfile.ZIP_STORED)
                 archive.writestr(info, links[name].encode())
             else:
-                mode = 0o755 if os.lstat(path).st_mode & 0o111 else 0o644
+                mode = 0o755 if name == "bootstrap" or os.lstat(path).st_mode & 0o111 else 0o644
                 info = _zip_info(name, stat.S_IFREG | mode, zipfile.ZIP_DEFLATED)
                 info.file_size = os.lstat(path).st_size  # so that zipfile decides on ZIP64 from the real size
                 with open(path, "rb") as src, archive.open(info, "w") as out:
@@ -380,6 +386,14 @@ def _unpack(archive: zipfile.ZipFile, contents: Contents, root: Path) -> None:
             os.symlink(m.target, dest)
     for d in created:
         d.chmod(0o755)  # whatever the umask
+
+
+def _listing(root: Path) -> tuple[list[tuple[str, Literal["file", "dir", "symlink"]]], dict[str, str]]:
+    """The tree's entries, sorted, and its links' targets; `PackageError` for what cannot be packaged."""
+    entries = sorted(_walk(root))
+    links = {name: os.readlink(root / name) for name, kind in entries if kind == "symlink"}
+    _check_links(links)
+    return entries, links
 
 
 def _walk(root: Path) -> Iterator[tuple[str, Literal["file", "dir", "symlink"]]]:

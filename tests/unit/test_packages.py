@@ -220,6 +220,38 @@ def test_build_refuses_a_link_out_of_the_tree(tmp_path: Path) -> None:
         packages.build(tmp_path / "src", tmp_path / "out.zip")
 
 
+def test_check_tree_refuses_what_build_would_and_names_the_link(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    (root / "node_modules" / ".bin").mkdir(parents=True)
+    (root / "node_modules" / "tool").mkdir()
+    (root / "node_modules" / "tool" / "cli.js").write_text("x\n")
+    (root / "node_modules" / ".bin" / "tool").symlink_to("../tool/cli.js")
+    packages.check_tree(root)  # a link inside the tree is fine
+    (root / "up").symlink_to("../../outside")
+    with pytest.raises(PackageError, match=r"^up: a symbolic link to \.\./\.\./outside, outside the package$"):
+        packages.check_tree(root)
+    with pytest.raises(PackageError, match=r"^up: a symbolic link to"):
+        packages.build(root, tmp_path / "out.zip")
+
+
+def test_zipping_an_unpacked_tree_again_gives_the_same_bytes(tmp_path: Path) -> None:
+    """What the local backend's cache check relies on: build(extract(build(tree))) == build(tree), even for a
+    bootstrap without its exec bit (which extract makes executable) and a `#!` script without one (kept so)."""
+    root = tmp_path / "src"
+    root.mkdir()
+    _source_tree(root)
+    (root / "bootstrap").write_text("#!/bin/sh\n")
+    (root / "bootstrap").chmod(0o644)
+    (root / "notes.sh").write_text("#!/bin/sh\n")
+    (root / "notes.sh").chmod(0o644)
+    packages.build(root, tmp_path / "first.zip")
+    packages.extract(tmp_path / "first.zip", tmp_path / "unpacked")
+    assert tree(tmp_path / "unpacked")["bootstrap"] == ("file 755", "#!/bin/sh\n")
+    assert tree(tmp_path / "unpacked")["notes.sh"] == ("file 644", "#!/bin/sh\n")
+    packages.build(tmp_path / "unpacked", tmp_path / "second.zip")
+    assert (tmp_path / "second.zip").read_bytes() == (tmp_path / "first.zip").read_bytes()
+
+
 def test_code_sha256_is_lambdas_base64_of_the_digest() -> None:
     # sha256(b"") in hex and as AWS prints it for an empty file
     empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
