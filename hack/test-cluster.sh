@@ -159,6 +159,18 @@ cmd_up() {
     echo "$(openssl rand -hex 16),admin,admin,system:masters" > "$PKI/tokens.csv"
     chmod 600 "$PKI/sa.key" "$PKI/tokens.csv"
   fi
+  # The API server's serving certificate, ours: the one it generates itself names its advertise address but not
+  # 127.0.0.1 once it binds every address, and the kubelet, kubectl and the tests dial 127.0.0.1. Made again when
+  # the node's address changed. Self-signed, so it is its own CA (kubeconfigs and the pods' root CA).
+  local service_ip=${SERVICE_CIDR%/*}; service_ip=${service_ip%.*}.1
+  local sans="IP:127.0.0.1,IP:$NODE_IP,IP:$service_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
+  sans="$sans,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  if ! openssl x509 -in "$PKI/serving.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$NODE_IP\b"; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=kube-apiserver" -keyout "$PKI/serving.key" \
+      -out "$PKI/serving.crt" -addext "subjectAltName=$sans" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign" 2>/dev/null
+    chmod 600 "$PKI/serving.key"
+  fi
   local TOKEN; TOKEN=$(cut -d, -f1 "$PKI/tokens.csv")
   local API=https://127.0.0.1:$APISERVER_PORT
 
@@ -176,7 +188,7 @@ cmd_up() {
   if ! alive kube-apiserver "$K8S_BIN/kube-apiserver"; then
     start_bg kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
       --bind-address="$APISERVER_BIND" --secure-port="$APISERVER_PORT" --advertise-address="$NODE_IP" \
-      --cert-dir="$PKI/apiserver" --token-auth-file="$PKI/tokens.csv" --authorization-mode=RBAC \
+      --tls-cert-file="$PKI/serving.crt" --tls-private-key-file="$PKI/serving.key" --token-auth-file="$PKI/tokens.csv" --authorization-mode=RBAC \
       --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
       --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range="$SERVICE_CIDR" \
       --allow-privileged --kubelet-preferred-address-types=InternalIP
@@ -187,7 +199,7 @@ cmd_up() {
   cat > "$KCFG" <<EOF
 apiVersion: v1
 kind: Config
-clusters: [{name: lc, cluster: {server: "$API", certificate-authority-data: "$(base64 -w0 "$PKI/apiserver/apiserver.crt")"}}]
+clusters: [{name: lc, cluster: {server: "$API", certificate-authority-data: "$(base64 -w0 "$PKI/serving.crt")"}}]
 users: [{name: admin, user: {token: "$TOKEN"}}]
 contexts: [{name: lc, context: {cluster: lc, user: admin, namespace: default}}]
 current-context: lc
@@ -197,7 +209,7 @@ EOF
   # 5. controller-manager + scheduler
   if ! alive kube-controller-manager "$K8S_BIN/kube-controller-manager"; then
     start_bg kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig="$KCFG" \
-      --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/apiserver/apiserver.crt" \
+      --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/serving.crt" \
       --leader-elect=false --bind-address=127.0.0.1 --port=0 --flex-volume-plugin-dir="$LC_DIR/volume-plugins"
   fi
   if ! alive kube-scheduler "$K8S_BIN/kube-scheduler"; then
@@ -314,7 +326,7 @@ EOF
 
 # ---------------------------------------------------------------- smoke test
 podtiming() { # podtiming NAMESPACE DEPLOYMENT REPLICAS: scale via the API and time each pod (seen/Running/Ready/gone)
-  LC_API="https://127.0.0.1:$APISERVER_PORT" LC_TOKEN="$(cut -d, -f1 "$PKI/tokens.csv")" LC_CA="$PKI/apiserver/apiserver.crt" \
+  LC_API="https://127.0.0.1:$APISERVER_PORT" LC_TOKEN="$(cut -d, -f1 "$PKI/tokens.csv")" LC_CA="$PKI/serving.crt" \
   python3 - "$@" <<'PY'
 import json, os, ssl, sys, time, urllib.request
 ns, dep, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
