@@ -107,7 +107,7 @@ def create_app(
     store = store or CodeStore(settings.data_dir / "packages")
     # With the NATS queue the gateway may run as several replicas: packages are shared through JetStream too.
     mirror = ObjectStoreMirror(settings.nats_url, store) if settings.queue_backend == "nats" else None
-    CodeAPI(settings, store, registry, signing_key, backend.name, mirror).add_routes(app.router)
+    CodeAPI(settings, store, registry, signing_key, backend, mirror).add_routes(app.router)
     DeployAPI(settings, deployments).add_routes(app.router)
     app.router.add_route("*", "/2015-03-31/functions/{name}/invocations", _method_not_allowed)
     app.router.add_get("/healthz", _healthz)

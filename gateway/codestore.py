@@ -24,7 +24,8 @@ Routes (`CodeAPI`):
   of a function one of whose versions runs that package (401 without a credential, 403 with a wrong one or for
   another function's package, 404 if not stored).
 - `HEAD /kambda/v1/code/{sha256}`: 200 or 404, no credential, no body.
-- `GET /kambda/v1/info`: `{"backend": "local" | "kubernetes", "namespace": ...}`, what `kambda deploy` asks first.
+- `GET /kambda/v1/info`: `{"backend": "local" | "kubernetes", "namespace": ..., "runtimes": [...]}`, what
+  `kambda deploy` asks first (and `kambda runtimes --endpoint`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from . import errors
 from .registry import Registry
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .codemirror import ObjectStoreMirror
 from .settings import GatewaySettings
 
@@ -234,7 +236,7 @@ class CodeAPI:
         store: CodeStore,
         registry: Registry,
         signing_key: bytes,
-        backend: str,
+        backend: Backend,
         mirror: ObjectStoreMirror | None = None,
     ) -> None:
         self._mirror = mirror  # the store several gateways share (JetStream), if they do
@@ -251,7 +253,8 @@ class CodeAPI:
         router.add_get("/kambda/v1/info", self.info)
 
     async def info(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"backend": self._backend, "namespace": self._settings.namespace})
+        info = {"backend": self._backend.name, "namespace": self._settings.namespace}
+        return web.json_response({**info, "runtimes": self._backend.runtimes()})
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):

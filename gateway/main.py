@@ -250,7 +250,8 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
             try:
                 await asyncio.wait_for(watcher.synced.wait(), 60)
                 store = CodeStore(settings.data_dir / "packages")
-                await serve(settings, registry, KubernetesBackend(api), signing_key, store=store)
+                backend = KubernetesBackend(api, settings.image_runtimes)
+                await serve(settings, registry, backend, signing_key, store=store)
             finally:
                 watching.cancel()
                 await asyncio.gather(watching, return_exceptions=True)

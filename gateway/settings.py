@@ -45,3 +45,4 @@ class GatewaySettings:
     max_connections: int = 10_000  # beyond it the longest-idle keep-alive one is closed, else 503 (Retry-After: 1)
     shutdown_grace: float = 20.0  # on SIGTERM, in-flight requests get this long to finish
     isolation: str = "auto"  # local backend: sandboxes under bubblewrap with a uid each (auto | bwrap | none)
+    image_runtimes: tuple[str, ...] = ()  # Kubernetes: the runtimes with an image of their own (as the operator's)

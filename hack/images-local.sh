@@ -1,6 +1,9 @@
 #!/bin/bash
-# images-local.sh - kambda's two images without Docker or a registry, imported into the test cluster's containerd:
-#   localhost/kambda-runtime:TAG  function pods: Python, the agent (grpcio, protobuf, httptools), awslambdaric, curl
+# images-local.sh - kambda's images without Docker or a registry, imported into the test cluster's containerd:
+#   localhost/kambda-runtime:TAG  python3.11 and provided* function pods: bookworm's Python 3.11, the agent (grpcio,
+#                                 protobuf, httptools), curl, and in /var/runtime what Lambda provides Python
+#                                 functions (awslambdaric, boto3) - the only packages a function's `python -S` sees
+#   localhost/kambda-runtime-python3.13:TAG  python3.13 function pods: the same on Debian trixie's Python 3.13
 #   localhost/kambda-runtime-nodejs:TAG  nodejs20.x function pods: Debian trixie's Node.js 20, AWS's aws-lambda-ric
 #                                 (its native client built by hack/build-node-ric.sh), the agent on trixie's Python
 #   localhost/kambda:TAG          the gateway and the operator: `kambda[platform]` (aiohttp, kopf, nats, k8s client)
@@ -46,8 +49,11 @@ quiet() { # run a command, showing its output only if it fails
 
 WHEELS=$(mktemp -d)
 trap 'rm -rf "$WHEELS"' EXIT
-build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON [SUITE PYTHON_VERSION]
-  local kind=$1 image=$2 out=$CACHE/$1-$TAG.tar rootfs suite=${6:-bookworm} py=${7:-3.11} site target=()
+# What Lambda provides a Python function (pyproject's `python-runtime` extra, defined there once).
+PROVIDED=$("$PYTHON" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["python-runtime"]))')
+
+build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON [SUITE PYTHON_VERSION RUNTIME_SITE]
+  local kind=$1 image=$2 out=$CACHE/$1-$TAG.tar rootfs suite=${6:-bookworm} py=${7:-3.11} runtime_site=${8:-} site target=()
   # On Debian's sys.path, and never touched by a pip inside the image (there is none).
   site=usr/local/lib/python$py/dist-packages
   # Another Python than the host's: the wheels for that version and this platform, binary only.
@@ -64,6 +70,11 @@ build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON [SUITE PY
     # pip's resolver warnings compare against the host's own environment, not the target: not ours to act on.
     quiet "$PYTHON" -m pip install -q --no-warn-script-location "${target[@]}" --target "$rootfs/$site" \
       "$(ls "$WHEELS"/kambda-*.whl)$4"
+    if [ -n "$runtime_site" ]; then
+      # shellcheck disable=SC2086  # PROVIDED is a list of requirements
+      quiet "$PYTHON" -m pip install -q --no-warn-script-location "${target[@]}" --target "$rootfs/$runtime_site" $PROVIDED
+      rm -rf "$rootfs/$runtime_site/bin"
+    fi
     rm -rf "$rootfs/$site/bin"  # console scripts pointing at the host's interpreter; images use python3 -m
     if [ -n "${NODE_RIC:-}" ] && [ "$kind" = kambda-runtime-nodejs ]; then
       mkdir -p "$rootfs/usr/local/lib/kambda-node/node_modules"
@@ -81,9 +92,11 @@ build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON [SUITE PY
   echo "$kind $image $(stat -c %s "$out")"
 }
 
-# Function pods: the agent and the Python runtime interface client only (curl for `provided` shell bootstraps).
-build kambda-runtime "localhost/kambda-runtime:$TAG" python3,curl,ca-certificates "[python-runtime]" \
-  '["python3","-m","kambda.runtime.agent"]'
+# Function pods: the agent, and apart from it (/var/runtime) what Lambda provides; curl for `provided` bootstraps.
+build kambda-runtime "localhost/kambda-runtime:$TAG" python3,curl,ca-certificates "" \
+  '["python3","-m","kambda.runtime.agent"]' bookworm 3.11 var/runtime
+build kambda-runtime-python3.13 "localhost/kambda-runtime-python3.13:$TAG" python3,curl,ca-certificates "" \
+  '["python3","-m","kambda.runtime.agent"]' trixie 3.13 var/runtime
 # nodejs20.x: Debian trixie's Node.js 20 (bookworm has 18) and AWS's unmodified client; the agent runs on trixie's
 # Python 3.13. Its pods need no Python client, so the bare distribution (the agent) is all that is installed.
 NODE_RIC=$(bash "$ROOT/hack/build-node-ric.sh")

@@ -46,6 +46,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         shutdown_grace=args.shutdown_grace,
         status_retention=args.status_retention_hours * 3600,
         status_max_bytes=int(args.status_max_mb * 1024 * 1024),
+        image_runtimes=tuple(runtime for runtime, _ in map(_runtime_image, args.runtime_image_for or ())),
     )
 
 
@@ -160,10 +161,20 @@ def _layer(args: argparse.Namespace) -> int:
 
 
 def _runtime_image(item: str) -> tuple[str, str]:
+    from kambda.specs import RUNTIMES
+
     runtime, sep, image = item.partition("=")
     if not sep or not runtime or not image:
-        raise SystemExit(f"kambda operator: --runtime-image-for {item!r}: expected RUNTIME=IMAGE")
+        raise SystemExit(f"kambda: --runtime-image-for {item!r}: expected RUNTIME=IMAGE")
+    if runtime not in RUNTIMES:
+        raise SystemExit(f"kambda: --runtime-image-for {item!r}: {runtime} is none of {', '.join(RUNTIMES)}")
     return runtime, image
+
+
+def _runtime_image_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The same option for the operator (which uses the images) and the gateway (which lists the runtimes), so the
+    chart gives both one list."""
+    parser.add_argument("--runtime-image-for", action="append", metavar="RUNTIME=IMAGE", help=help_text)
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -228,6 +239,33 @@ def _status(args: argparse.Namespace) -> int:
         print(f"error {code}: {body}", file=sys.stderr)
         return 2
     print(json.dumps(body, indent=2))
+    return 0
+
+
+def _runtimes(args: argparse.Namespace) -> int:
+    """What an installation runs: this host's local backend (probed, no gateway needed), or a gateway's."""
+    if args.endpoint is None:
+        from kambda import hostruntimes
+
+        survey = hostruntimes.python_survey()
+        node = hostruntimes.node_version()
+        for runtime in hostruntimes.offered():
+            python = survey.offered.get(runtime)
+            how = python.interpreter if python else f"node {node}" if runtime.startswith("nodejs") else "bootstrap"
+            print(f"{runtime}\t{how}")
+        for interpreter, reason in survey.unusable.items():
+            print(f"# not offered: {interpreter}: {reason}", file=sys.stderr)
+        return 0
+    try:
+        code, body = _call(args.endpoint, "GET", "/kambda/v1/info")
+    except OSError as exc:
+        print(f"kambda runtimes: {args.endpoint}: {exc}", file=sys.stderr)
+        return 2
+    if code != 200 or not isinstance(body, dict) or not isinstance(body.get("runtimes"), list):
+        print(f"kambda runtimes: {args.endpoint} does not look like a kambda gateway ({code})", file=sys.stderr)
+        return 2
+    for runtime in body["runtimes"]:
+        print(f"{runtime}\t{body.get('backend')}")
     return 0
 
 
@@ -297,6 +335,7 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long statuses of finished async invocations are kept")  # fmt: skip
     parser.add_argument("--status-max-mb", type=float, default=256.0,
                         help="at most this much of them (MiB); the oldest are dropped first")  # fmt: skip
+    _runtime_image_argument(parser, "Kubernetes: a runtime the operator has an image for (it lists the runtimes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,15 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--endpoint", default="http://127.0.0.1:8080")
     status.set_defaults(func=_status)
 
+    runtimes = sub.add_parser("runtimes", help="the runtimes this host (or the gateway at --endpoint) runs")
+    runtimes.add_argument("--endpoint", help="ask this gateway (e.g. a cluster's) instead of probing this host")
+    runtimes.set_defaults(func=_runtimes)
+
     op = sub.add_parser("operator", help="run the Kubernetes operator (Function and Alias resources)")
     op.add_argument("--namespace", help="watch one namespace (default: all)")
     op.add_argument("--runtime-image", default="localhost/kambda-runtime:0.1.0", help="image of function pods")
-    op.add_argument(
-        "--runtime-image-for",
-        action="append",
-        metavar="RUNTIME=IMAGE",
-        help="the image of another runtime's pods, e.g. nodejs20.x=localhost/kambda-runtime-nodejs:0.1.0",
-    )
+    _runtime_image_argument(op, "the image of another runtime's pods, e.g. nodejs20.x=localhost/kambda-runtime-nodejs")
     op.add_argument("--image-pull-policy", default="IfNotPresent")
     op.add_argument("--gateway-address", default="kambda-gateway.kambda-system.svc:9090",
                     help="host:port where function pods reach the gateway's runtime interface")  # fmt: skip

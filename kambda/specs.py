@@ -8,7 +8,7 @@ are Lambda's. The CRD schema in crds/ mirrors these rules so the API server reje
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,16 @@ NODEJS_RUNTIMES = ("nodejs18.x", "nodejs20.x", "nodejs22.x")
 PROVIDED_RUNTIMES = ("provided", "provided.al2", "provided.al2023")
 RUNTIMES = PYTHON_RUNTIMES + NODEJS_RUNTIMES + PROVIDED_RUNTIMES
 MANAGED_RUNTIMES = PYTHON_RUNTIMES + NODEJS_RUNTIMES  # the handler is module.function, run by AWS's client
+# What the default function-pod image (Debian bookworm's Python 3.11) runs on Kubernetes; other runtimes need an
+# image of their own (the operator's --runtime-image-for).
+DEFAULT_IMAGE_RUNTIMES = ("python3.11", "provided", "provided.al2", "provided.al2023")
+
+
+def image_runtimes(others: Iterable[str]) -> list[str]:
+    """The runtimes a Kubernetes installation offers: the default image's and those with an image of their own."""
+    offered = {*DEFAULT_IMAGE_RUNTIMES, *others}
+    return [r for r in RUNTIMES if r in offered]
+
 
 EGRESS = ("all", "cluster", "none")
 MEMORY_MB = (128, 10240)

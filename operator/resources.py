@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kambda import credentials, logconfig, naming
-from kambda.specs import VERSIONED_FIELDS, FunctionSpec
+from kambda.specs import DEFAULT_IMAGE_RUNTIMES, VERSIONED_FIELDS, FunctionSpec, image_runtimes
 
 LABEL_FUNCTION = "kambda.dev/function"
 LABEL_VERSION = "kambda.dev/version"
@@ -22,9 +22,6 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_HASH = "kambda.dev/version-hash"
 TASK_ROOT = "/var/task"
 LAYERS_ROOT = "/opt"  # where Lambda unpacks a function's layers
-# The runtime image (hack/images-local.sh, images/runtime.Dockerfile) is Debian bookworm's Python 3.11 with
-# awslambdaric: it runs python3.11 and custom runtimes. Other runtimes need an image of their own (runtime_images).
-DEFAULT_IMAGE_RUNTIMES = ("python3.11", "provided", "provided.al2", "provided.al2023")
 NODE_RIC_IN_IMAGE = "/usr/local/lib/kambda-node/node_modules/aws-lambda-ric"  # the Node.js runtime image's client
 IMAGE_RUNTIME_API_PORT = 9001  # where a container image's client finds the Runtime API (Lambda's)
 MILLICPU_PER_MB = 1000 / 1769  # Lambda: 1,769 MB of memory = 1 vCPU
@@ -49,7 +46,7 @@ class Settings:
         return self.runtime_image if runtime in DEFAULT_IMAGE_RUNTIMES else None
 
     def offered(self) -> list[str]:
-        return sorted({*DEFAULT_IMAGE_RUNTIMES, *self.runtime_images})
+        return image_runtimes(self.runtime_images)
 
 
 def gateway_endpoints(cluster_ip: str, ports: Mapping[str, int]) -> tuple[str, str]:

@@ -27,6 +27,7 @@ GATEWAY_UID = 1000  # the chart's pod securityContext
 class Images:
     runtime: str
     nodejs: str
+    python313: str
     platform: str
     sizes: dict[str, int]  # image -> bytes of its uncompressed tarball
 
@@ -43,6 +44,7 @@ def build_images() -> Images:
     return Images(
         runtime=found["kambda-runtime"][0],
         nodejs=found["kambda-runtime-nodejs"][0],
+        python313=found["kambda-runtime-python3.13"][0],
         platform=found["kambda"][0],
         sizes={image: size for image, size in found.values()},
     )
@@ -82,11 +84,13 @@ class Release:
         self._create_volume()
         repo, _, tag = self.images.platform.rpartition(":")
         runtime_repo, _, runtime_tag = self.images.runtime.rpartition(":")
-        nodejs_repo, _, nodejs_tag = self.images.nodejs.rpartition(":")
         values = {
             "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
             "runtimeImage": {"repository": runtime_repo, "tag": runtime_tag, "pullPolicy": "Never"},
-            "nodejsRuntimeImage": {"repository": nodejs_repo, "tag": nodejs_tag},
+            "runtimeImages": {
+                runtime: dict(zip(("repository", "tag"), image.rpartition(":")[::2], strict=True))
+                for runtime, image in (("nodejs20.x", self.images.nodejs), ("python3.13", self.images.python313))
+            },
             "functionsNamespace": self.functions,
             "signingKey": SIGNING_KEY,
             "gateway": {

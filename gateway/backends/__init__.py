@@ -15,6 +15,10 @@ OnGone = Callable[[tuple[str, str], str], None]
 class Backend(Protocol):
     name: str  # "local" or "kubernetes", as GET /kambda/v1/info says
 
+    def runtimes(self) -> list[str]:
+        """The runtimes this backend runs (GET /kambda/v1/info, `kambda runtimes`)."""
+        ...
+
     async def open(self, on_gone: OnGone, grpc_target: str) -> None:
         """Get ready to start instances; they reach the gateway's runtime interface at `grpc_target`."""
         ...

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from kambda.specs import image_runtimes
 
 from ..registry import FunctionVersion
 from . import OnGone
@@ -24,9 +27,14 @@ PLACEHOLDER = "pending-"
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, runtimes: Iterable[str] = ()) -> None:
         self._apps = client.AppsV1Api(api)
         self._core = client.CoreV1Api(api)
+        self._runtimes = image_runtimes(runtimes)
+
+    def runtimes(self) -> list[str]:
+        """What the operator has images for: it is given the same --runtime-image-for list."""
+        return list(self._runtimes)
 
     async def open(self, on_gone: OnGone, grpc_target: str) -> None:
         """Nothing to start: pods learn the gateway's address from the operator's pod template."""

@@ -49,6 +49,9 @@ class LocalBackend:
         self._grpc_target = ""
         self._lock = asyncio.Lock()
 
+    def runtimes(self) -> list[str]:
+        return hostruntimes.offered()
+
     async def open(self, on_gone: OnGone, grpc_target: str) -> None:
         self._on_gone = on_gone
         self._grpc_target = grpc_target

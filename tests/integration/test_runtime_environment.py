@@ -5,6 +5,7 @@ make a function work here and fail on Lambda. A runtime this host does not have 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -99,3 +100,22 @@ def test_a_python_version_this_host_lacks_is_refused_with_what_it_offers(gateway
     assert result.returncode != 0
     assert f"{ABSENT} needs a Python {str(ABSENT).removeprefix('python')} with awslambdaric and boto3" in result.stderr
     assert f"This host offers: {OWN}" in result.stderr, result.stderr
+
+
+def test_kambda_runtimes_lists_this_hosts_and_a_gateways(gateway: Gateway) -> None:
+    import subprocess
+
+    def kambda(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kambda", "runtimes", *args], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    local = kambda()
+    assert local.returncode == 0, local.stderr
+    rows = dict(line.split("\t") for line in local.stdout.splitlines())
+    assert list(rows) == hostruntimes.offered()
+    assert rows[OWN] == os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    asked = kambda("--endpoint", gateway.url)
+    assert asked.returncode == 0, asked.stderr
+    assert [line.split("\t") for line in asked.stdout.splitlines()] == [[r, "local"] for r in hostruntimes.offered()]
+    refused = kambda("--endpoint", "http://127.0.0.1:9")  # nothing listens there
+    assert refused.returncode == 2 and "kambda runtimes: http://127.0.0.1:9" in refused.stderr

@@ -10,9 +10,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kambda.runtimeImage" -}}
 {{ .Values.runtimeImage.repository }}:{{ .Values.runtimeImage.tag | default .Chart.AppVersion }}
 {{- end }}
-{{- define "kambda.nodejsRuntimeImage" -}}
-{{ .Values.nodejsRuntimeImage.repository }}:{{ .Values.nodejsRuntimeImage.tag | default .Chart.AppVersion }}
-{{- end }}
 {{- define "kambda.functionsNamespace" -}}
 {{ .Values.functionsNamespace | default .Release.Namespace }}
 {{- end }}
@@ -22,4 +19,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- /* The gateway's data directory needs a volume that outlives the pod only with the SQLite queue. */ -}}
 {{- define "kambda.persistent" -}}
 {{- if and .Values.gateway.persistence.enabled (eq .Values.gateway.queue.backend "sqlite") }}true{{ end }}
+{{- end }}
+{{- define "kambda.runtimeImageArgs" -}}
+{{- range $runtime, $image := .Values.runtimeImages }}
+- --runtime-image-for={{ $runtime }}={{ $image.repository }}:{{ $image.tag | default $.Chart.AppVersion }}
+{{- end }}
 {{- end }}
