@@ -25,6 +25,9 @@ run: venv
 ## test: unit, integration (real gateway, agents, awslambdaric runtimes, NATS) and control-plane tests (a real
 ## kube-apiserver + etcd + controller-manager, started and stopped by the tests). Installs what they need first.
 test: venv test-deps
+	@# The images' tarballs first (minutes on a new machine; cached by a digest of the sources): built inside a
+	@# test they would count against its timeout. The e2e suite imports them once its cluster runs.
+	bash hack/images-local.sh > /dev/null
 	$(BIN)/pytest -q
 
 ## test-deps: Debian packages and the Kubernetes binaries the tests start (root; cached after the first time)
@@ -88,6 +91,7 @@ VERSION ?= 0.1.0
 images:
 	docker build -f images/kambda.Dockerfile -t localhost/kambda:$(VERSION) .
 	docker build -f images/runtime.Dockerfile -t localhost/kambda-runtime:$(VERSION) .
+	docker build -f images/runtime.Dockerfile --build-arg PYTHON=3.13 -t localhost/kambda-runtime-python3.13:$(VERSION) .
 
 ## kind-up: a kind cluster with kambda installed by Helm (needs Docker and kind)
 kind-up: images
