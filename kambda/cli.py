@@ -102,6 +102,8 @@ def _deploy(args: argparse.Namespace) -> int:
             gateway = deploying.Gateway(args.endpoint)
             info = gateway.info()
             namespace = args.namespace or str(info.get("namespace") or "default")
+            if args.runtime is not None:
+                deploying.check_runtime(info, args.runtime)  # before the upload: a runtime it lacks is refused now
             _store(gateway, zipped, sha, size)
         if info["backend"] == "kubernetes":
             action, _ = asyncio.run(deploying.deploy_kubernetes(args.kubeconfig, args.name, namespace, sha, options))

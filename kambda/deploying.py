@@ -210,6 +210,13 @@ def _aws_message(err: urllib.error.HTTPError) -> str:
 # ---- the Function ----------------------------------------------------------------------------------------------
 
 
+def check_runtime(info: Mapping[str, Any], runtime: str) -> None:
+    """Refuse a runtime the gateway's installation does not run (as its GET /kambda/v1/info lists them)."""
+    offered = info.get("runtimes")
+    if isinstance(offered, list) and runtime not in offered:
+        raise DeployFailed(f"{runtime} is not offered by this installation; it offers {', '.join(map(str, offered))}")
+
+
 def deploy_local(gateway: Gateway, name: str, namespace: str, sha256: str, options: Options) -> Mapping[str, Any]:
     status, current = gateway.call("GET", f"/kambda/v1/functions/{name}")
     existing = current["Manifest"]["spec"] if status == 200 and isinstance(current, Mapping) else None

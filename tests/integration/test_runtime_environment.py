@@ -119,3 +119,35 @@ def test_kambda_runtimes_lists_this_hosts_and_a_gateways(gateway: Gateway) -> No
     assert [line.split("\t") for line in asked.stdout.splitlines()] == [[r, "local"] for r in hostruntimes.offered()]
     refused = kambda("--endpoint", "http://127.0.0.1:9")  # nothing listens there
     assert refused.returncode == 2 and "kambda runtimes: http://127.0.0.1:9" in refused.stderr
+
+
+@pytest.mark.skipif(ABSENT is None, reason="this host has every Python version, so none can be refused")
+def test_kambda_deploy_refuses_a_runtime_the_gateway_lacks_before_uploading(gateway: Gateway, tmp_path: Any) -> None:
+    import subprocess
+
+    (tmp_path / "app.py").write_text("def handler(event, context):\n    return 1\n")
+
+    def deploy(runtime: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kambda", "deploy", str(tmp_path), "--name", "fresh", "--runtime", runtime,
+             "--endpoint", gateway.url], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    refused = deploy(str(ABSENT))
+    assert refused.returncode == 2
+    assert f"kambda deploy: {ABSENT} is not offered by this installation; it offers {OWN}" in refused.stderr
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    from kambda import deploying, packages
+
+    with tempfile.TemporaryFile() as scratch:
+        sha = packages.sha256_hex(deploying.package(tmp_path, scratch))
+    head = urllib.request.Request(f"{gateway.url}/kambda/v1/code/{sha}", method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(head, timeout=10)
+    assert missing.value.code == 404  # nothing was uploaded
+    deployed = deploy(OWN)  # the same package with a runtime it has: deployed and answering
+    assert deployed.returncode == 0, deployed.stderr
+    assert invoke(lambda_client(gateway.url), "fresh", {}) == 1
