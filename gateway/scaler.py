@@ -81,7 +81,8 @@ class Scaler:
                 # Instances left running by a previous gateway count as starting until they reconnect, so a
                 # restart does not scale up beside them (nor, if they never return, keep them past the idle window).
                 self._adopted.add(pool.version.key)
-                pool.starting.update(dict.fromkeys(await self._backend.adopt(pool.version), now))
+                left_running = await self._backend.adopt(pool.version)
+                pool.starting.update(dict.fromkeys(scaling.still_to_reconnect(left_running, len(pool.instances)), now))
             decision = scaling.decide(state_of(pool), policy_for(pool, self._gateway_cap), now)
             labels = (pool.version.spec.name, pool.version.version)
             if decision.start:

@@ -66,3 +66,11 @@ def decide(state: State, policy: Policy, now: float) -> Decision:
         if i < blocked or now - since >= policy.idle_seconds
     )
     return Decision(desired=desired, start=start, stop=stop)
+
+
+def still_to_reconnect(left_running: list[str], connected: int) -> list[str]:
+    """Of the instances a previous gateway left running (placeholders, for a backend that cannot name them), those
+    still to come back: the agents that reconnected before this first look are among them already. Counting those
+    twice kept a placeholder nobody would fill, and withdrawing it after the idle window scaled the Deployment down
+    under the pod that had reconnected."""
+    return left_running[connected:]

@@ -87,6 +87,14 @@ async def _start_sandbox(
         await sandbox.stop()  # its uid lease, cgroups and listener
         raise
     task = asyncio.create_task(session.run(), name=f"session-{config.instance_id}")
+
+    def session_ended(ended: asyncio.Task[None]) -> None:
+        if not ended.cancelled() and ended.exception() is not None:
+            # Its gateway can no longer reach it: the sandbox goes (the gateway starts another where it needs one).
+            log.error("sandbox %s: its gateway session failed", config.instance_id, exc_info=ended.exception())
+            asyncio.get_running_loop().create_task(sandbox.stop())
+
+    task.add_done_callback(session_ended)
     return sandbox, session, task
 
 
@@ -118,10 +126,14 @@ async def run_single(gateway: str) -> int:
             log.info("code %s verified (sha256) and unpacked into %s", config.code_sha256, config.code_dir)
         stopped = asyncio.create_task(sandbox.stopped.wait())
         terminated = asyncio.create_task(terminate.wait())
-        await asyncio.wait((stopped, terminated), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((stopped, terminated, session_task), return_when=asyncio.FIRST_COMPLETED)
         if session.failure is not None:
             log.error("%s", session.failure)
             return 1  # a pod the gateway refuses should crash-loop visibly, not sit idle
+        if session_task.done() and not session_task.cancelled() and session_task.exception() is not None:
+            # Never an agent that is alive but can no longer reach the gateway: exit, and the kubelet restarts it.
+            log.error("the gateway session failed", exc_info=session_task.exception())
+            return 1
         if not terminate.is_set():
             # Retired by the gateway: it deletes this pod; exiting would only make the kubelet restart it.
             await terminate.wait()

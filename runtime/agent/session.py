@@ -71,6 +71,11 @@ class Session:
         self.failure: BaseException | None = None
 
     @property
+    def connected(self) -> bool:
+        """Whether a stream to the gateway is open now."""
+        return self._connected.is_set()
+
+    @property
     def credential(self) -> str:
         """The function's credential, which the code store also asks for."""
         return self._identity.credential
@@ -92,12 +97,16 @@ class Session:
                         async with self._write_lock:
                             await call.done_writing()  # half-close: the gateway sees the stream end cleanly
                         return
-            except aio.AioRpcError as exc:
-                if exc.code() in FATAL_CODES:
-                    self.failure = SessionRejected(f"{exc.code().name}: {exc.details()}")
-                    self._on_stop(f"rejected by the gateway: {exc.details()}")
+            except (aio.AioRpcError, asyncio.InvalidStateError):
+                # A call that failed at once (the gateway is down: the channel fails fast) raises InvalidStateError
+                # on the first write, not AioRpcError: either way its status says what happened. Uncaught, it once
+                # ended this loop for good and left an agent alive but never reconnecting.
+                code, details = await call.code(), await call.details()
+                if code in FATAL_CODES:
+                    self.failure = SessionRejected(f"{code.name}: {details}")
+                    self._on_stop(f"rejected by the gateway: {details}")
                     return
-                log.info("gateway stream lost (%s); reconnecting", exc.code().name)
+                log.info("gateway stream lost (%s); reconnecting", code.name)
             except asyncio.CancelledError:
                 call.cancel()
                 raise

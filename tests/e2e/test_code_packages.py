@@ -213,7 +213,7 @@ def test_two_layers_a_python_package_and_a_bootstrap(platform: Platform, tmp_pat
 
     library = layer("library", {"python/greeting.py": "def greet(who):\n    return f'hello {who} from a layer'\n"})
     # A custom runtime in a layer: the function's code has no bootstrap; this one runs the image's Python client.
-    runtime = layer("runtime", {"bootstrap": "#!/bin/sh\nexport PYTHONPATH=/opt/python\n"
+    runtime = layer("runtime", {"bootstrap": "#!/bin/sh\nexport PYTHONPATH=/opt/python:/var/runtime\n"
                                              "exec python3 -m awslambdaric \"$_HANDLER\"\n"})  # fmt: skip
     app = tmp_path / "app"
     app.mkdir()

@@ -85,7 +85,9 @@ def test_an_image_answers_times_out_and_reports_a_crash(platform: Platform, tmp_
 
     assert eventually(answers, timeout=90), "the runtime did not come back after the timeout"
     response, body = call(platform, name, {"crash": True})
-    assert response.get("FunctionError") == "Unhandled" and body["errorType"] == "Runtime.ExitError", body
+    agent_log = platform.kube.kubectl("logs", pod["metadata"]["name"], "-c", "agent", "-n", platform.namespace,
+                                      check=False).stdout  # fmt: skip
+    assert response.get("FunctionError") == "Unhandled" and body["errorType"] == "Runtime.ExitError", (body, agent_log)
     assert eventually(answers, timeout=90), "the runtime did not come back after the crash"
     assert platform.pods(name)[0]["metadata"]["name"] == pod["metadata"]["name"]  # the same pod throughout
 

@@ -200,7 +200,11 @@ def test_7b_agents_reconnect_to_a_restarted_gateway(platform: Platform) -> None:
         except Exception:
             return False
 
-    assert eventually(answered, timeout=60), platform.gateway_logs()
+    def agent_logs() -> str:
+        return "\n".join(platform.kube.kubectl("logs", name, "-n", platform.namespace, check=False).stdout
+                         for name in sorted(before))  # fmt: skip
+
+    assert eventually(answered, timeout=60), platform.gateway_logs() + "\n--- victim's agents\n" + agent_logs()
     assert {p["metadata"]["name"] for p in platform.pods("victim")} == before  # the same pods, reconnected
 
 

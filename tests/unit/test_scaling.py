@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kambda.gateway.scaling import Decision, Policy, State, decide
+from kambda.gateway.scaling import Decision, Policy, State, decide, still_to_reconnect
 
 NOW = 1000.0
 
@@ -91,3 +91,10 @@ def test_stalled_instances_are_not_stopped_when_only_the_burst_holds_starts_back
     state = State(active=5, connected=1, starting=0, stalled_since=(("s", NOW),))
     decision = decide(state, Policy(cap=100, burst=2, idle_seconds=300), NOW)
     assert decision.start == 2 and decision.stop == ()
+
+
+def test_instances_left_running_that_reconnected_first_are_not_awaited_again() -> None:
+    left = ["pending-a", "pending-b", "pending-c"]
+    assert still_to_reconnect(left, 0) == left
+    assert still_to_reconnect(left, 1) == ["pending-b", "pending-c"]
+    assert still_to_reconnect(left, 3) == [] == still_to_reconnect(left, 5)
