@@ -7,9 +7,11 @@ appends to, reads and writes files here, and the test reads the same files from 
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 WORK_PY = """\
 import os, urllib.error, urllib.request
@@ -107,3 +109,15 @@ def code_file(text: str, indent: int) -> str:
     """`text` as the body of a YAML block scalar indented by `indent` spaces."""
     pad = " " * indent
     return "\n".join(pad + line if line else "" for line in text.splitlines())
+
+
+def function_manifest(name: str, code: str, **spec: Any) -> str:
+    """A Function whose `app.py` is `code` (python3.11, app.handler unless `spec` says otherwise), as JSON: YAML too,
+    so both `kubectl apply` and the local backend's manifest directory read it."""
+    body: dict[str, Any] = {
+        "apiVersion": "kambda.dev/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": name},
+        "spec": {"runtime": "python3.11", "handler": "app.handler", "code": {"files": {"app.py": code}}, **spec},
+    }
+    return json.dumps(body)

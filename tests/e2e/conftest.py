@@ -115,16 +115,6 @@ class Platform:
         return int(json.loads(raw)["spec"].get("replicas", 0))
 
 
-def function_manifest(name: str, code: str, **spec: Any) -> str:
-    body: dict[str, Any] = {
-        "apiVersion": "kambda.dev/v1alpha1",
-        "kind": "Function",
-        "metadata": {"name": name},
-        "spec": {"runtime": "python3.11", "handler": "app.handler", "code": {"files": {"app.py": code}}, **spec},
-    }
-    return json.dumps(body)
-
-
 def lambda_client(url: str, *, attempts: int = 1, read_timeout: int = 120) -> Any:
     """A boto3 Lambda client for the platform. One attempt by default, so a test sees each failure as it is."""
     import boto3

@@ -21,6 +21,7 @@ import aws_lambda_powertools
 import pytest
 
 from tests.e2e.conftest import Platform
+from tests.integration.test_code_path import EXPECTED, OUTSIDE, package_tree
 from tests.kube import eventually
 
 SITE = Path(aws_lambda_powertools.__file__).parents[1]  # where pip put Powertools and its dependencies
@@ -239,52 +240,16 @@ def test_two_layers_a_python_package_and_a_bootstrap(platform: Platform, tmp_pat
     assert platform.kube.get("function", "six-layers", platform.namespace) is None
 
 
-TREE_APP = """\
-import os, stat, subprocess
-
-
-def handler(event, context):
-    root = os.environ["LAMBDA_TASK_ROOT"]
-    tool = os.path.join(root, "node_modules", ".bin", "tool")
-    with open(tool) as f:
-        through_link = f.read()
-    modes = {name: oct(stat.S_IMODE(os.lstat(os.path.join(root, name)).st_mode))
-             for name in ("bin/helper", "notes.sh", "app.py")}
-    helper = subprocess.run([os.path.join(root, "bin", "helper")], timeout=10)
-    return {"helper": helper.returncode, "islink": os.path.islink(tool), "target": os.readlink(tool),
-            "through_link": through_link, "modes": modes}
-"""
-
-
-def modes_and_links_tree(root: Path) -> Path:
-    """An ELF binary (this host's /bin/true: the runtime image is the same Debian) as `bin/helper` 0755, a `#!`
-    script left 0644, and `node_modules/.bin/tool -> ../tool/cli.js` as npm lays it out."""
-    (root / "bin").mkdir(parents=True)
-    shutil.copy("/bin/true", root / "bin" / "helper")
-    (root / "bin" / "helper").chmod(0o755)
-    (root / "app.py").write_text(TREE_APP)
-    (root / "notes.sh").write_text("#!/bin/sh\n")
-    (root / "notes.sh").chmod(0o644)
-    (root / "node_modules" / "tool").mkdir(parents=True)
-    (root / "node_modules" / "tool" / "cli.js").write_text("console.log('tool')\n")
-    (root / "node_modules" / ".bin").mkdir()
-    (root / "node_modules" / ".bin" / "tool").symlink_to("../tool/cli.js")
-    return root
-
-
 def test_deploy_keeps_exec_bits_and_links_in_the_pod_and_refuses_links_out(platform: Platform, tmp_path: Path) -> None:
-    result = deploy(platform, modes_and_links_tree(tmp_path / "tree"), "modes-and-links")
+    result = deploy(platform, package_tree(tmp_path / "tree"), "modes-and-links")
     assert result.returncode == 0, result.stdout + result.stderr
     assert eventually(lambda: platform.ready("modes-and-links", "1"), timeout=60), platform.operator_logs()
     platform.wait_served("modes-and-links")
-    assert invoke(platform, "modes-and-links", {}) == {
-        "helper": 0, "islink": True, "target": "../tool/cli.js", "through_link": "console.log('tool')\n",
-        "modes": {"bin/helper": "0o755", "notes.sh": "0o644", "app.py": "0o644"},
-    }  # fmt: skip
+    assert invoke(platform, "modes-and-links", {}) == EXPECTED  # the same as on the local backend
 
     store = platform.release.volume / "packages"
-    for i, (link, target) in enumerate([("node_modules/.bin/passwd", "/etc/passwd"), ("escape", "../../outside")]):
-        bad = modes_and_links_tree(tmp_path / f"bad-{i}")
+    for i, (link, target) in enumerate(OUTSIDE):
+        bad = package_tree(tmp_path / f"bad-{i}")
         (bad / link).symlink_to(target)
         before = sorted(p.name for p in store.iterdir())
         result = deploy(platform, bad, f"linked-out-{i}")

@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from tests.e2e.conftest import Platform, function_manifest, lambda_client
+from tests.e2e.conftest import Platform, lambda_client
 from tests.kube import eventually
+from tests.workdir import function_manifest
 
 HELLO = "import os\n\ndef handler(event, context):\n    return {'hello': event.get('name'), 'pid': os.getpid()}\n"
 

@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from tests.e2e.conftest import Platform, function_manifest
+from tests.e2e.conftest import Platform
 from tests.integration.test_freeze import TICKER, cpu_seconds, runtime_pids
 from tests.integration.test_runtime_environment import PLATFORM, PROBE
 from tests.kube import eventually
+from tests.workdir import function_manifest
 
 APP = """\
 exports.handler = async (event, context) => {

@@ -20,28 +20,17 @@ from kambda import credentials
 from kambda.runtime.agent.main import CHANNEL_OPTIONS
 from kambda.runtime.agent.session import Identity, Session
 from tests.conftest import Gateway, free_port
+from tests.workdir import function_manifest
 
 KEY = b"the reconnect test's signing key"
-FUNCTIONS = """
-apiVersion: kambda.dev/v1alpha1
-kind: Function
-metadata: {name: echo}
-spec:
-  runtime: python3.11
-  handler: app.handler
-  code:
-    files:
-      app.py: |
-        def handler(event, context):
-            return event
-"""
+ECHO = "def handler(event, context):\n    return event\n"
 
 
 def test_a_session_keeps_trying_while_no_gateway_listens_then_connects(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "functions").mkdir()
-    (tmp_path / "functions" / "functions.yaml").write_text(FUNCTIONS)
+    (tmp_path / "functions" / "echo.yaml").write_text(function_manifest("echo", ECHO))
     (tmp_path / "key").write_bytes(KEY)
     port = free_port()
     caplog.set_level(logging.INFO, logger="kambda.runtime.agent.session")

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.integration.test_async import lambda_client
-from tests.workdir import code_file
+from tests.workdir import function_manifest
 
 TICKER = """\
 import threading, time
@@ -62,30 +62,13 @@ def handler(event, context):
 """
 
 
-def _function(name: str, code: str) -> str:
-    return f"""
-apiVersion: kambda.dev/v1alpha1
-kind: Function
-metadata: {{name: {name}}}
-spec:
-  runtime: python3.11
-  handler: app.handler
-  timeoutSeconds: 30
-  scaling: {{idleSeconds: 120}}
-  code:
-    files:
-      app.py: |
-{code_file(code, 8)}
-"""
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("freeze")
     (root / "functions").mkdir()
-    (root / "functions" / "functions.yaml").write_text(
-        _function("ticker", TICKER) + "---" + _function("spinner", SPINNER)
-    )
+    for name, code in (("ticker", TICKER), ("spinner", SPINNER)):
+        manifest = function_manifest(name, code, timeoutSeconds=30, scaling={"idleSeconds": 120})
+        (root / "functions" / f"{name}.yaml").write_text(manifest)
     gw = Gateway(root / "functions", root / "data")
     yield gw
     gw.stop()

@@ -16,7 +16,7 @@ from kambda import hostruntimes
 from kambda.specs import PYTHON_RUNTIMES
 from tests.conftest import Gateway
 from tests.integration.test_async import lambda_client
-from tests.workdir import code_file
+from tests.workdir import function_manifest
 
 # Every third-party package the gateway, the operator, the agent or the tests import.
 PLATFORM = ("aiohttp", "kopf", "kambda", "grpc", "google.protobuf", "httptools", "yaml", "nats", "kubernetes_asyncio",
@@ -44,26 +44,11 @@ OWN = f"python{sys.version_info.major}.{sys.version_info.minor}"
 ABSENT = next((r for r in PYTHON_RUNTIMES if hostruntimes.python_runtime(r) is None), None)
 
 
-def _function(name: str, runtime: str) -> str:
-    return f"""
-apiVersion: kambda.dev/v1alpha1
-kind: Function
-metadata: {{name: {name}}}
-spec:
-  runtime: {runtime}
-  handler: app.handler
-  code:
-    files:
-      app.py: |
-{code_file(PROBE, 8)}
-"""
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("runtime-env")
     (root / "functions").mkdir()
-    (root / "functions" / "functions.yaml").write_text(_function("probe", OWN))
+    (root / "functions" / "functions.yaml").write_text(function_manifest("probe", PROBE, runtime=OWN))
     gw = Gateway(root / "functions", root / "data")
     yield gw
     gw.stop()
@@ -92,7 +77,7 @@ def test_a_handler_sees_lambdas_libraries_and_none_of_the_platforms(gateway: Gat
 def test_a_python_version_this_host_lacks_is_refused_with_what_it_offers(gateway: Gateway, tmp_path: Any) -> None:
     import subprocess
 
-    (tmp_path / "f.yaml").write_text(_function("absent", str(ABSENT)))
+    (tmp_path / "f.yaml").write_text(function_manifest("absent", PROBE, runtime=str(ABSENT)))
     result = subprocess.run(
         [sys.executable, "-m", "kambda", "run", str(tmp_path), "--port", "0", "--data-dir", str(tmp_path / "d")],
         capture_output=True, text=True, timeout=60,
