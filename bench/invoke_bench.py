@@ -73,12 +73,27 @@ async def wait_up(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-async def latency(url: str, n: int) -> list[float]:
+BODY = b'{"k":"v"}'
+
+
+def signed_headers(url: str, key_id: str, secret: str) -> dict[str, str]:
+    """SigV4 headers for POST `url` with BODY, made once: valid for the 5 minutes of allowed skew, so the timed
+    loops replay them and measure the gateway's verification, not the client's signing."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="POST", url=url, data=BODY, headers={"Content-Type": "application/octet-stream"})
+    SigV4Auth(Credentials(key_id, secret), "lambda", "us-east-1").add_auth(request)
+    return dict(request.headers.items())
+
+
+async def latency(url: str, n: int, headers: dict[str, str] | None = None) -> list[float]:
     samples = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         for i in range(n + n // 10):
             start = time.perf_counter()
-            async with session.post(url, data=b'{"k":"v"}') as r:
+            async with session.post(url, data=BODY, headers=headers) as r:
                 await r.read()
                 assert r.status == 200, r.status
             if i >= n // 10:  # the first 10 % warm up connections and instances
@@ -86,14 +101,14 @@ async def latency(url: str, n: int) -> list[float]:
     return samples
 
 
-async def throughput(url: str, concurrency: int, seconds: float) -> float:
+async def throughput(url: str, concurrency: int, seconds: float, headers: dict[str, str] | None = None) -> float:
     done = 0
     stop = time.monotonic() + seconds
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal done
         while time.monotonic() < stop:
-            async with session.post(url, data=b'{"k":"v"}') as r:
+            async with session.post(url, data=BODY, headers=headers) as r:
                 await r.read()
                 assert r.status == 200, r.status
             done += 1
@@ -139,12 +154,21 @@ async def main() -> None:
         cold_names = [f"cold-{i}" for i in range(args.cold)]
         for name in ["noop", *cold_names]:
             (fdir / f"{name}.yaml").write_text(FUNCTION.format(name=name))
-        bare_port, gw_port = free_port(), free_port()
+        bare_port, gw_port, auth_port = free_port(), free_port(), free_port()
+        from kambda import accesskeys
+
+        key = accesskeys.KeyFile.in_data_dir(Path(tmp) / "auth-data").create("bench", (accesskeys.ALLOW_ALL,))
         env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
         bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)], env=env)
         gateway = subprocess.Popen(
             [sys.executable, "-m", "kambda", "run", str(fdir), "--port", str(gw_port), "--grpc-port", "0",
              "--data-dir", str(Path(tmp) / "data")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        # The same platform, authenticating: every request SigV4-verified and authorised by the key's policy.
+        authed = subprocess.Popen(
+            [sys.executable, "-m", "kambda", "run", str(fdir), "--port", str(auth_port), "--grpc-port", "0",
+             "--data-dir", str(Path(tmp) / "auth-data"), "--auth", "keys"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -153,15 +177,20 @@ async def main() -> None:
             gw_url = f"{gw_base}/2015-03-31/functions/noop/invocations"
             await wait_up(f"http://127.0.0.1:{bare_port}/")
             await wait_up(f"{gw_base}/readyz")
-            await asyncio.sleep(1)  # let the local agent finish starting
+            await wait_up(f"http://127.0.0.1:{auth_port}/readyz")
+            await asyncio.sleep(1)  # let the local agents finish starting
+            auth_url = f"http://127.0.0.1:{auth_port}/2015-03-31/functions/noop/invocations"
+            signed = signed_headers(auth_url, key.access_key_id, key.secret_access_key)
 
             cold = await cold_starts(gw_base, cold_names)
             bare_lat = await latency(bare_url, args.requests)
             gw_lat = await latency(gw_url, args.requests)
             bare_rps = await throughput(bare_url, args.concurrency, args.seconds)
             gw_rps = await throughput(gw_url, args.concurrency, args.seconds)
+            auth_lat = await latency(auth_url, args.requests, signed)
+            auth_rps = await throughput(auth_url, args.concurrency, args.seconds, signed)
         finally:
-            for proc in (bare, gateway):
+            for proc in (bare, gateway, authed):
                 proc.terminate()
                 proc.wait(15)
 
@@ -176,6 +205,8 @@ async def main() -> None:
         print(f"{label:<26}{bare_v:>14.2f}{gw_v:>12.2f}{gw_v / bare_v:>8.2f}x")
     print(f"cold start (zero -> first response), p50 of {len(cold)}: {statistics.median(cold) * ms:.1f} ms "
           f"(min {min(cold) * ms:.1f}, max {max(cold) * ms:.1f})")  # fmt: skip
+    print(f"with SigV4 + policy: p50 {pct(auth_lat, 0.5) * ms:.2f} ms (anonymous {pct(gw_lat, 0.5) * ms:.2f}), "
+          f"{auth_rps:.0f} requests/s (anonymous {gw_rps:.0f})")  # fmt: skip
     print(f"targets: p50 <= 2.5x bare, rps >= 0.35x bare, cold start <= 150 ms; cores: {os.cpu_count()}")
 
 

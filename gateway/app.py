@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import errors, rpc
+from . import auth, errors, rpc
 from .admission import Admission
 from .async_api import AsyncAPI
+from .auth import Authenticator
 from .backends import Backend
 from .codemirror import ObjectStoreMirror
 from .codestore import CodeAPI, CodeStore
@@ -74,8 +75,10 @@ def create_app(
     *,
     store: CodeStore | None = None,
     deployments: Deployments | None = None,  # the local backend's deploy API; None: not served
+    authenticator: Authenticator | None = None,  # None: anonymous
 ) -> web.Application:
-    app = web.Application(client_max_size=settings.max_sync_payload + 1, middlewares=[_aws_errors])
+    middlewares = [_aws_errors, *([auth.middleware(authenticator)] if authenticator is not None else [])]
+    app = web.Application(client_max_size=settings.max_sync_payload + 1, middlewares=middlewares)
     metrics = Metrics()
     scaler_box: list[Scaler] = []
     dispatcher = Dispatcher(

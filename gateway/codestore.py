@@ -47,7 +47,7 @@ from aiohttp import web
 
 from kambda import credentials, packages, specs
 
-from . import errors
+from . import auth, errors
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -274,6 +274,7 @@ class CodeAPI:
                 raise errors.too_large(TOO_LARGE) from None  # the rest of the body is drained, then answered
             except (web.RequestPayloadError, asyncio.IncompleteReadError, ConnectionError) as exc:
                 raise errors.invalid_content(f"Could not read the request body: {exc}", close=True) from None
+            auth.payload_must_match(request, upload.hexdigest())  # a body other than the one signed is not kept
             try:
                 stored = await asyncio.to_thread(self._store.commit, upload)
             except packages.PackageError as exc:

@@ -15,10 +15,11 @@ from typing import IO, Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from kambda import credentials, logs, manifests, naming, packages
+from kambda import accesskeys, credentials, logs, manifests, naming, packages
 
 from . import connections
 from .app import ENDPOINTS, create_app
+from .auth import Authenticator
 from .backends import Backend
 from .backends.local import LocalBackend, LocalSettings
 from .codestore import CodeStore, PackageMissing
@@ -110,6 +111,22 @@ def connection_limits(settings: GatewaySettings) -> connections.Limits:
     )
 
 
+def authentication(settings: GatewaySettings) -> tuple[Authenticator | None, str]:
+    """The API's authenticator for `settings.auth` (None: anonymous), and the line that says so at start."""
+    keys = accesskeys.KeyFile.in_data_dir(settings.data_dir)
+    count = len(keys.keys())
+    if settings.auth == "none" or (settings.auth == "auto" and count == 0):
+        return None, (
+            "authentication: NONE - anyone who reaches this port may invoke and deploy (`kambda keys create`, "
+            "then --auth keys)"
+        )
+    authenticator = Authenticator(
+        keys, region=settings.region, account=settings.account_id, max_body=settings.max_sync_payload,
+        body_timeout=settings.body_timeout,
+    )  # fmt: skip
+    return authenticator, f"authentication: SigV4, {count} access key(s) in {keys.path}"
+
+
 async def serve(
     settings: GatewaySettings,
     registry: Registry,
@@ -120,6 +137,7 @@ async def serve(
     deployments: Deployments | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
+    authenticator, announcement = authentication(settings)
     limits = connection_limits(settings)
     guard = connections.Guard(limits)
     # Bind before anything else starts (gRPC server, agents, queue), so that a taken port fails at once and leaves
@@ -131,7 +149,9 @@ async def serve(
     except OSError as exc:  # asyncio rewords the error ("error while attempting to bind..."): say it plainly
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
-    app = create_app(settings, registry, backend, signing_key, store=store, deployments=deployments)
+    app = create_app(
+        settings, registry, backend, signing_key, store=store, deployments=deployments, authenticator=authenticator
+    )
     runner = web.AppRunner(
         app,
         # Headers up to 1 MiB reach our handler, which answers oversized ones in the AWS error shape instead of
@@ -164,7 +184,8 @@ async def serve(
         names = ", ".join(sorted(fv.spec.name for fv in registry.functions())) or "none"
         print(
             f"kambda gateway on http://{settings.host}:{port} "
-            f"(runtime interface {settings.grpc_host}:{app[ENDPOINTS].grpc_port}); functions: {names}",
+            f"(runtime interface {settings.grpc_host}:{app[ENDPOINTS].grpc_port}); functions: {names}\n"
+            f"{announcement}",
             flush=True,
         )
         stop = asyncio.Event()

@@ -46,3 +46,6 @@ class GatewaySettings:
     shutdown_grace: float = 20.0  # on SIGTERM, in-flight requests get this long to finish
     isolation: str = "auto"  # local backend: sandboxes under bubblewrap with a uid each (auto | bwrap | none)
     image_runtimes: tuple[str, ...] = ()  # Kubernetes: the runtimes with an image of their own (as the operator's)
+    # API authentication (gateway/auth.py): keys (SigV4 with the data directory's access keys), none (anonymous,
+    # announced at start), auto (keys if there is any access key at start, else none).
+    auth: str = "auto"

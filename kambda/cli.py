@@ -12,6 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from kambda import signing
+
 if TYPE_CHECKING:
     from kambda.deploying import Gateway
     from kambda.gateway.settings import GatewaySettings
@@ -47,6 +49,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         status_retention=args.status_retention_hours * 3600,
         status_max_bytes=int(args.status_max_mb * 1024 * 1024),
         image_runtimes=tuple(runtime for runtime, _ in map(_runtime_image, args.runtime_image_for or ())),
+        auth=args.auth,
     )
 
 
@@ -66,6 +69,7 @@ def _invoke(args: argparse.Namespace) -> int:
     if args.qualifier:
         url += f"?Qualifier={args.qualifier}"
     headers = {"X-Amz-Log-Type": "Tail" if args.log_tail else "None"}
+    headers = signing.headers("POST", url, headers, payload.encode())
     request = urllib.request.Request(url, data=payload.encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
@@ -143,7 +147,7 @@ def _store(gateway: Gateway, zipped: IO[bytes], sha: str, size: int) -> None:
         print(f"package {sha} is already stored", file=sys.stderr)
     else:
         zipped.seek(0)
-        gateway.upload(zipped, size, deploying.progress_line(size))
+        gateway.upload(zipped, sha, size, deploying.progress_line(size))
 
 
 def _layer(args: argparse.Namespace) -> int:
@@ -189,7 +193,8 @@ def _key_value(item: str) -> tuple[str, str]:
 
 
 def _call(endpoint: str, method: str, path: str) -> tuple[int, object]:
-    request = urllib.request.Request(endpoint.rstrip("/") + path, method=method, data=b"" if method == "POST" else None)
+    url, data = endpoint.rstrip("/") + path, b"" if method == "POST" else None
+    request = urllib.request.Request(url, method=method, data=data, headers=signing.headers(method, url, None, data))
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             raw = response.read()
@@ -241,6 +246,35 @@ def _status(args: argparse.Namespace) -> int:
         print(f"error {code}: {body}", file=sys.stderr)
         return 2
     print(json.dumps(body, indent=2))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """The local backend's access keys (the data directory's access-keys.json; a running gateway re-reads it)."""
+    from kambda import accesskeys, policies
+    from kambda.gateway.settings import default_data_dir
+
+    store = accesskeys.KeyFile.in_data_dir(Path(args.data_dir) if args.data_dir else default_data_dir())
+    try:
+        if args.action == "create":
+            if args.policy is None:
+                document: object = accesskeys.ALLOW_ALL
+            else:
+                document = json.loads(Path(args.policy).read_text())
+            policies.parse(document)  # refused here, with the problem named, rather than at the first request
+            key = store.create(args.name or "", (document,))  # type: ignore[arg-type]
+            print(json.dumps({"AccessKey": {"AccessKeyId": key.access_key_id,
+                                            "SecretAccessKey": key.secret_access_key, "Status": "Active"}},
+                             indent=2))  # fmt: skip
+        elif args.action == "ls":
+            print(json.dumps({"AccessKeys": [k.public() for k in store.keys().values()]}, indent=2))
+        else:
+            if not args.access_key_id:
+                raise accesskeys.KeyStoreError("kambda keys rm ACCESS_KEY_ID")
+            store.remove(args.access_key_id)
+    except (accesskeys.KeyStoreError, policies.PolicyError, OSError, ValueError) as exc:
+        print(f"kambda keys: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -338,6 +372,8 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status-max-mb", type=float, default=256.0,
                         help="at most this much of them (MiB); the oldest are dropped first")  # fmt: skip
     _runtime_image_argument(parser, "Kubernetes: a runtime the operator has an image for (it lists the runtimes)")
+    parser.add_argument("--auth", choices=("auto", "keys", "none"), default="auto",
+                        help="SigV4 with `kambda keys` (keys), anonymous (none), keys if any exist (auto)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("request_id")
     status.add_argument("--endpoint", default="http://127.0.0.1:8080")
     status.set_defaults(func=_status)
+
+    keys = sub.add_parser("keys", help="the local gateway's access keys (SigV4), each with an IAM-style policy")
+    keys.add_argument("action", choices=("create", "ls", "rm"))
+    keys.add_argument("access_key_id", nargs="?", help="rm: the key to remove")
+    keys.add_argument("--name", help="create: a name for the key (who holds it)")
+    keys.add_argument("--policy", metavar="FILE", help="create: an IAM policy document (default: allow lambda:*)")
+    keys.add_argument("--data-dir", help="the gateway's data directory (default ~/.local/share/kambda)")
+    keys.set_defaults(func=_keys)
 
     runtimes = sub.add_parser("runtimes", help="the runtimes this host (or the gateway at --endpoint) runs")
     runtimes.add_argument("--endpoint", help="ask this gateway (e.g. a cluster's) instead of probing this host")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from . import naming, packages, specs
+from . import naming, packages, signing, specs
 
 DEFAULT_RUNTIME = "python3.11"  # offered by the default runtime image, and by kambda's oldest Python locally
 DEFAULT_HANDLER = "app.handler"
@@ -136,9 +136,16 @@ class Gateway:
         self._timeout = timeout
 
     def call(
-        self, method: str, path: str, body: bytes | _Readable | None = None, headers: Mapping[str, str] | None = None
-    ) -> tuple[int, Any]:
-        request = urllib.request.Request(self.endpoint + path, data=body, method=method, headers=dict(headers or {}))
+        self, method: str, path: str, body: bytes | _Readable | None = None, headers: Mapping[str, str] | None = None,
+        *, payload_sha256: str | None = None,
+    ) -> tuple[int, Any]:  # fmt: skip
+        """`payload_sha256`: a streamed body's hash, which its signature covers (x-amz-content-sha256)."""
+        url = self.endpoint + path
+        if payload_sha256 is not None:
+            headers = signing.headers(method, url, headers, payload_sha256=payload_sha256)
+        else:
+            headers = signing.headers(method, url, headers, body if isinstance(body, bytes) else None)
+        request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 raw = response.read()
@@ -159,10 +166,10 @@ class Gateway:
     def has(self, sha256: str) -> bool:
         return self.call("HEAD", f"/kambda/v1/code/{sha256}")[0] == 200
 
-    def upload(self, zipped: IO[bytes], size: int, progress: Callable[[int], None]) -> Mapping[str, Any]:
+    def upload(self, zipped: IO[bytes], sha256: str, size: int, progress: Callable[[int], None]) -> Mapping[str, Any]:
         body = _Counting(zipped, progress)
         headers = {"Content-Type": "application/zip", "Content-Length": str(size)}
-        _, stored = self.call("PUT", "/kambda/v1/code", body, headers)
+        _, stored = self.call("PUT", "/kambda/v1/code", body, headers, payload_sha256=sha256)
         return stored  # type: ignore[no-any-return]
 
 
