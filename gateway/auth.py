@@ -21,7 +21,7 @@ from aiohttp import web
 from kambda import accesskeys, policies
 
 from . import authz, errors, sigv4
-from .connections import read_body
+from .connections import read_raw_body
 
 MODES = ("auto", "keys", "none")
 IDENTITY = "kambda.sigv4-identity"  # where a streamed request keeps its Identity for `payload_must_match`
@@ -60,10 +60,11 @@ class Authenticator:
         streamed = (request.method, request.path) in STREAMED
         body_sha256 = None
         if not streamed:
-            # Read as the handlers read it (aiohttp keeps it for them): same limit, same deadline, same errors.
+            # The bytes as sent (signed), not decoded; aiohttp keeps them for the handler. Same limit, deadline and
+            # errors as the handlers' own reads.
             too_large = f"Request must be smaller than {self._max_body} bytes for the InvokeFunction operation"
-            await read_body(request, limit=self._max_body, timeout=self._body_timeout, too_large=too_large)
-            body_sha256 = hashlib.sha256(await request.read()).hexdigest()  # the bytes as sent (signed), not decoded
+            raw = await read_raw_body(request, limit=self._max_body, timeout=self._body_timeout, too_large=too_large)
+            body_sha256 = hashlib.sha256(raw).hexdigest()
         path, query = sigv4.split_target(request.raw_path)
         key: list[accesskeys.AccessKey] = []
 

@@ -254,7 +254,8 @@ class CodeAPI:
 
     async def info(self, request: web.Request) -> web.StreamResponse:
         info = {"backend": self._backend.name, "namespace": self._settings.namespace}
-        return web.json_response({**info, "runtimes": self._backend.runtimes()})
+        # The local backend probes this host's interpreters the first time (subprocesses): not on the event loop.
+        return web.json_response({**info, "runtimes": await asyncio.to_thread(self._backend.runtimes)})
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):

@@ -225,6 +225,12 @@ async def read_body(request: web.Request, *, limit: int, timeout: float, too_lar
     Every failure is an AWS-shaped error; those that leave the connection mid-body also close it.
     """
     coding = content_coding(request.headers.get("Content-Encoding"))
+    raw = await read_raw_body(request, limit=limit, timeout=timeout, too_large=too_large)
+    return decode_content(raw, coding, limit, too_large)
+
+
+async def read_raw_body(request: web.Request, *, limit: int, timeout: float, too_large: str) -> bytes:
+    """The request's body as sent (aiohttp keeps it: a later read gets it at once), under `read_body`'s rules."""
     if request.content_length is not None and request.content_length > limit:
         raise errors.too_large(too_large)
     try:
@@ -238,7 +244,7 @@ async def read_body(request: web.Request, *, limit: int, timeout: float, too_lar
         raise errors.invalid_content(f"Could not read the request body: {exc}", close=True) from None
     if len(raw) > limit:
         raise errors.too_large(too_large)
-    return decode_content(raw, coding, limit, too_large)
+    return raw
 
 
 # ---- I/O -----------------------------------------------------------------------------------------------------

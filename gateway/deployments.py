@@ -118,7 +118,7 @@ class Deployments:
         if meta.get("namespace", namespace) != namespace:
             raise DeployError(f"this gateway serves namespace {namespace!r}, not {meta.get('namespace')!r}")
         manifest = {**manifest, "metadata": {"name": name, "namespace": namespace}}
-        spec = self._parse(manifest)
+        spec = await asyncio.to_thread(self._parse, manifest)  # its runtime may be probed first (a subprocess)
         async with self._lock:  # one deploy at a time, so that version numbers follow each other
             built, created = await asyncio.to_thread(self._publish, name, manifest, spec)
             self._registry.replace_function(namespace, name, built)

@@ -3,11 +3,12 @@
 A runtime must be what it says: a `python3.13` function runs on a Python 3.13, a `nodejs22.x` one on Node.js 22,
 or is refused with the list of what this host offers.
 
-- Python: the interpreters found on this host (the one kambda runs on, then `python3.N` on PATH, /usr/bin and
-  /usr/local/bin), each asked (a probe run by that interpreter) for its version and where its awslambdaric and boto3
-  are, with their dependencies. Only an interpreter that has both offers its version. The runtime process sees
-  those distributions and nothing else of its environment (a directory of links, `python_site`; sandbox.py runs the
-  interpreter with `-S`), as on Lambda, where a function has its code, its layers, the runtime client and boto3.
+- Python: the interpreters found on this host for a runtime (the one kambda runs on if it is that version, then
+  `python3.N` on PATH, /usr/local/bin and /usr/bin), each asked (a probe run by that interpreter) for its version
+  and where its awslambdaric and boto3 are, with their dependencies. Only an interpreter that has both offers its
+  version. The runtime process sees those distributions and nothing else of its environment (a directory of
+  links, `python_site`; sandbox.py runs the interpreter with `-S`), as on Lambda, where a function has its code,
+  its layers, the runtime client and boto3.
 - Node.js: the host's `node`, for its own major version.
 - provided*: always (the function brings its own runtime).
 """
@@ -78,16 +79,19 @@ class PythonRuntime:
         return target
 
 
-def _candidates() -> list[str]:
-    found = [sys.executable]
-    for runtime in PYTHON_RUNTIMES:
-        name = runtime  # python3.N
-        on_path = shutil.which(name)
-        found += [p for p in (on_path, *(os.path.join(d, name) for d in PATH_DIRS)) if p]
-    return found
+def _candidates(runtime: str) -> list[str]:
+    """Where a `runtime` (python3.N) interpreter may be: the one kambda runs on if it is that version, then
+    `python3.N` on PATH, in /usr/local/bin and /usr/bin."""
+    own = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    on_path = shutil.which(runtime)
+    named = [p for p in (on_path, *(os.path.join(d, runtime) for d in PATH_DIRS)) if p]
+    return [sys.executable, *named] if runtime == own else named
 
 
+@functools.cache
 def _probe(interpreter: str) -> dict[str, object] | None:
+    """What `interpreter` says of itself (PROBE), once per process; None if it does not run (a pyenv shim of a
+    version that is not installed, say)."""
     try:
         result = subprocess.run(
             [interpreter, "-c", PROBE, *PROVIDED_PACKAGES], capture_output=True, text=True, timeout=30, check=True
@@ -107,21 +111,19 @@ class PythonSurvey:
 
 
 @functools.cache
-def python_survey() -> PythonSurvey:
-    """Probes each candidate once per process (tens of ms each), the first one of a version wins."""
-    offered: dict[str, PythonRuntime] = {}
+def _survey_of(runtime: str) -> tuple[PythonRuntime | None, dict[str, str]]:
+    """The first candidate that is `runtime` with awslambdaric and boto3, and those that are it without them.
+    Per runtime, so that serving python3.11 functions probes only the interpreters that could be python3.11
+    (probing every candidate took 1.3 s at each gateway start on a host with pyenv shims)."""
     unusable: dict[str, str] = {}
     seen: set[str] = set()
-    for candidate in _candidates():
+    for candidate in _candidates(runtime):
         real = os.path.realpath(candidate)
         if real in seen or not os.access(real, os.X_OK):
             continue
         seen.add(real)
         answer = _probe(candidate)
-        if answer is None:  # not a working interpreter (a pyenv shim of a version not installed, say)
-            continue
-        runtime = f"python{answer['version']}"
-        if runtime not in PYTHON_RUNTIMES or runtime in offered:
+        if answer is None or f"python{answer['version']}" != runtime:
             continue
         missing = answer["missing"]
         if isinstance(missing, list) and missing:
@@ -129,12 +131,24 @@ def python_survey() -> PythonSurvey:
             continue
         paths = answer["paths"]
         packages = tuple(str(p) for p in paths) if isinstance(paths, list) else ()
-        offered[runtime] = PythonRuntime(runtime, str(answer["interpreter"]), packages)
+        return PythonRuntime(runtime, str(answer["interpreter"]), packages), unusable
+    return None, unusable
+
+
+def python_survey() -> PythonSurvey:
+    """Every Python runtime this host offers (each probed once per process), and the unusable interpreters."""
+    offered: dict[str, PythonRuntime] = {}
+    unusable: dict[str, str] = {}
+    for runtime in PYTHON_RUNTIMES:
+        found, without = _survey_of(runtime)
+        unusable.update(without)
+        if found is not None:
+            offered[runtime] = found
     return PythonSurvey(offered, unusable)
 
 
 def python_runtime(runtime: str) -> PythonRuntime | None:
-    return python_survey().offered.get(runtime)
+    return _survey_of(runtime)[0] if runtime in PYTHON_RUNTIMES else None
 
 
 @functools.cache

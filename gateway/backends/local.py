@@ -11,9 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +27,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LocalSettings:
     signing_key: bytes
+    runtimes_dir: Path  # where the Python runtimes' site directories are made (the data directory's runtimes/)
     region: str = "us-east-1"
     use_cgroups: bool = True
     python: str = sys.executable  # the agent's interpreter (its runtimes' are hostruntimes')
-    runtimes_dir: Path | None = None  # where the Python runtimes' site directories are made (None: a temporary one)
     isolation: str = "auto"  # of sandboxes from each other and from the platform: auto | bwrap | none
 
 
@@ -150,8 +148,7 @@ class LocalBackend:
         python = hostruntimes.python_runtime(runtime)
         if python is None:
             return {}
-        root = self._settings.runtimes_dir or Path(tempfile.gettempdir()) / f"kambda-runtimes-{os.getuid()}"
-        return {"python": python.interpreter, "python_site": str(python.site(root))}
+        return {"python": python.interpreter, "python_site": str(python.site(self._settings.runtimes_dir))}
 
     async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
         proc = self._proc

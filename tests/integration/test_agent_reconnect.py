@@ -44,7 +44,9 @@ def test_a_session_keeps_trying_while_no_gateway_listens_then_connects(
             # The race, made certain: a write still in flight (here: the lock held) while the new call fails
             # at once, so that the session's first write on it comes after its failure.
             async with session._write_lock:
-                await asyncio.sleep(0.5)
+                async with asyncio.timeout(10):  # until a new call has failed while its first write waits
+                    while session._call is None or not session._call.done():
+                        await asyncio.sleep(0.01)
             deadline = time.monotonic() + 30
             while caplog.text.count("reconnecting") < 3 and time.monotonic() < deadline:
                 assert not run.done(), run.exception()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, wait_until
 from tests.integration.test_async import lambda_client
 from tests.workdir import function_manifest
 
@@ -95,6 +95,25 @@ def runtime_pids(function: str) -> list[int]:
     return found
 
 
+def frozen(pids: list[int]) -> bool:
+    """Whether each process is frozen: its freezer cgroup says so (v1 freezer.state, v2 cgroup.events), or,
+    without one of the agent's, it is stopped (SIGSTOP)."""
+
+    def one(pid: int) -> bool:
+        groups = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+        if groups.get("freezer", "/") != "/":
+            return (Path("/sys/fs/cgroup/freezer") / groups["freezer"].lstrip("/") / "freezer.state").read_text() == (
+                "FROZEN\n"
+            )
+        events = Path("/sys/fs/cgroup") / groups.get("", "/").lstrip("/") / "cgroup.events"
+        if groups.get("", "/") != "/" and events.exists():
+            return "frozen 1" in events.read_text().splitlines()
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State"))
+        return state.split()[1] == "T"
+
+    return all(one(pid) for pid in pids)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system time of the processes, all their threads included."""
     total = 0
@@ -134,7 +153,7 @@ def test_an_idle_frozen_sandbox_uses_no_cpu(gateway: Gateway) -> None:
     spun_before, _ = invoke(client, "spinner", {"sleep": 1})
     spun, _ = invoke(client, "spinner", {})
     assert spun > spun_before and cpu_seconds(pids) - before >= 0.5
-    time.sleep(0.5)  # frozen a moment after the answer
+    assert wait_until(lambda: frozen(pids), timeout=10), "not frozen after its answer"
     idle_from = cpu_seconds(pids)
     time.sleep(10)  # the idle period under test
     assert cpu_seconds(pids) - idle_from <= 0.02, "an idle sandbox used CPU"

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.integration.test_async import lambda_client
-from tests.workdir import code_file
+from tests.workdir import function_manifest
 
 HANDLER = """\
 import json, logging, os
@@ -40,26 +40,10 @@ def handler(event, context):
 """
 
 
-def _function(name: str, extra: str) -> str:
-    return f"""\
-apiVersion: kambda.dev/v1alpha1
-kind: Function
-metadata: {{name: {name}}}
-spec:
-  runtime: python3.11
-  handler: app.handler
-{extra}
-  code:
-    files:
-      app.py: |
-{code_file(HANDLER, 8)}
-"""
-
-
-FUNCTIONS = {
-    "json-warn": "  logging: {format: JSON, applicationLogLevel: WARN}",
-    "json-quiet": "  logging: {format: JSON, systemLogLevel: WARN}\n  ephemeralStorage: {size: 1024}",
-    "text": "",
+FUNCTIONS: dict[str, dict[str, Any]] = {
+    "json-warn": {"logging": {"format": "JSON", "applicationLogLevel": "WARN"}},
+    "json-quiet": {"logging": {"format": "JSON", "systemLogLevel": "WARN"}, "ephemeralStorage": {"size": 1024}},
+    "text": {},
 }
 
 
@@ -67,8 +51,8 @@ FUNCTIONS = {
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("logging")
     (root / "functions").mkdir()
-    manifests = "---\n".join(_function(name, extra) for name, extra in FUNCTIONS.items())
-    (root / "functions" / "functions.yaml").write_text(manifests)
+    for name, spec in FUNCTIONS.items():
+        (root / "functions" / f"{name}.yaml").write_text(function_manifest(name, HANDLER, **spec))
     gw = Gateway(root / "functions", root / "data")
     yield gw
     gw.stop()

@@ -29,15 +29,28 @@ def test_foreign_processes_are_the_other_containers_not_pause_not_ours(tmp_path:
 async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_saw() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     alive = {"pids": set[int]()}
-    runtime = external.ExternalRuntime(pids=lambda: set(alive["pids"]))
+    looks = [0]
+
+    def pids() -> set[int]:
+        looks[0] += 1
+        return set(alive["pids"])
+
+    async def looked(times: int) -> None:
+        """Until the runtime has looked for processes `times` more times (each look could have ended the wait)."""
+        until = looks[0] + times
+        async with asyncio.timeout(5):
+            while looks[0] < until:
+                await asyncio.sleep(0.01)
+
+    runtime = external.ExternalRuntime(pids=pids)
     started = asyncio.ensure_future(runtime.started())
-    await asyncio.sleep(0.2)
+    await looked(3)
     assert not started.done()  # nothing runs yet: the container has not started
     alive["pids"] = {child.pid}
     await asyncio.wait_for(started, 5)
     assert runtime.pid == child.pid
     waiting = asyncio.ensure_future(runtime.wait())
-    await asyncio.sleep(0.2)
+    await looked(3)
     assert not waiting.done()
     runtime.kill()
     assert child.wait(5) == -9
