@@ -77,10 +77,6 @@ class ExternalRuntime:
                 return 0
             await asyncio.sleep(POLL_SECONDS)
 
-    def pids(self) -> set[int]:
-        """Its processes as last seen."""
-        return set(self._known)
-
     def kill(self) -> None:
         for pid in self._known:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -5,8 +5,8 @@ sandbox is idle; when it is thawed it carries on where it stopped, inside the ne
 Two ways, chosen per sandbox:
 - the cgroup freezer (v2 `cgroup.freeze`, v1 `freezer.state`) where the agent owns a cgroup for the sandbox: it is
   atomic and nothing can leave it (an unprivileged process cannot move itself out of its cgroup);
-- else (a pod, where /sys/fs/cgroup is read-only) SIGSTOP/SIGCONT to the runtime's process group, or to each of an
-  image function's processes.
+- else (a pod, where /sys/fs/cgroup is read-only) SIGSTOP/SIGCONT to the runtime's process group. (An image
+  function's runtime, another container's, is not frozen: `NoFreezer`.)
 
 Freezing and thawing are one write (or one signal per group) each, on the agent's event loop: no waiting for the
 v1 freezer's FREEZING -> FROZEN transition, since nothing the agent does next depends on it.
@@ -29,6 +29,18 @@ class Freezer(Protocol):
     def freeze(self) -> None: ...
 
     def thaw(self) -> None: ...
+
+
+class NoFreezer:
+    """A sandbox that is not frozen: before its runtime starts, and a container-image function's (see sandbox.py)."""
+
+    frozen = False
+
+    def freeze(self) -> None:
+        pass
+
+    def thaw(self) -> None:
+        pass
 
 
 class CgroupFreezer:
