@@ -18,6 +18,9 @@ from .auth import Authenticator
 from .backends import Backend
 from .codemirror import ObjectStoreMirror
 from .codestore import CodeAPI, CodeStore
+from .control import operations
+from .control.api import ControlAPI
+from .control.store import FunctionStore
 from .delivering import Deliverer
 from .deployments import DeployAPI, Deployments
 from .dispatching import Dispatcher
@@ -75,10 +78,13 @@ def create_app(
     *,
     store: CodeStore | None = None,
     deployments: Deployments | None = None,  # the local backend's deploy API; None: not served
+    functions: FunctionStore | None = None,  # the control plane's store; None: the control-plane API is not served
     authenticator: Authenticator | None = None,  # None: anonymous
 ) -> web.Application:
     middlewares = [_aws_errors, *([auth.middleware(authenticator)] if authenticator is not None else [])]
-    app = web.Application(client_max_size=settings.max_sync_payload + 1, middlewares=middlewares)
+    # Every handler reads its body with its own limit (connections.read_body): this is only aiohttp's ceiling.
+    largest = max(settings.max_sync_payload, operations.CODE_BODY_LIMIT)
+    app = web.Application(client_max_size=largest + 1, middlewares=middlewares)
     metrics = Metrics()
     scaler_box: list[Scaler] = []
     dispatcher = Dispatcher(
@@ -112,6 +118,8 @@ def create_app(
     mirror = ObjectStoreMirror(settings.nats_url, store) if settings.queue_backend == "nats" else None
     CodeAPI(settings, store, registry, signing_key, backend, mirror).add_routes(app.router)
     DeployAPI(settings, deployments).add_routes(app.router)
+    if functions is not None:
+        ControlAPI(settings, functions, store, mirror).add_routes(app.router)
     app.router.add_route("*", "/2015-03-31/functions/{name}/invocations", _method_not_allowed)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -22,6 +22,7 @@ from kambda import accesskeys, policies
 
 from . import authz, errors, sigv4
 from .connections import read_raw_body
+from .control import operations
 
 MODES = ("auto", "keys", "none")
 IDENTITY = "kambda.sigv4-identity"  # where a streamed request keeps its Identity for `payload_must_match`
@@ -62,8 +63,9 @@ class Authenticator:
         if not streamed:
             # The bytes as sent (signed), not decoded; aiohttp keeps them for the handler. Same limit, deadline and
             # errors as the handlers' own reads.
-            too_large = f"Request must be smaller than {self._max_body} bytes for the InvokeFunction operation"
-            raw = await read_raw_body(request, limit=self._max_body, timeout=self._body_timeout, too_large=too_large)
+            limit = operations.body_limit(request.method, request.path) or self._max_body
+            too_large = f"Request must be smaller than {limit} bytes"
+            raw = await read_raw_body(request, limit=limit, timeout=self._body_timeout, too_large=too_large)
             body_sha256 = hashlib.sha256(raw).hexdigest()
         path, query = sigv4.split_target(request.raw_path)
         key: list[accesskeys.AccessKey] = []

@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kambda import naming
+from kambda import naming, policies
+
+from .control import operations
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _CODE_DOWNLOAD = re.compile(r"^/kambda/v1/code/[^/]+$")
@@ -42,6 +44,14 @@ def of_request(method: str, path: str, query: dict[str, str], region: str, accou
             return naming.function_arn(region, account, name)  # the handler refuses it; the policy judges the name
         return naming.function_arn(region, account, ref.name, ref.qualifier)
 
+    control = operations.match(method, path)
+    if control is not None:
+        op, params = control
+        action = policies.action_for_operation(op.name)
+        if action in policies.ACCOUNT_ACTIONS:
+            return Request(action, "*")
+        name = params.get("FunctionName") or params.get("Resource") or ""
+        return Request(action, function(name, query.get("Qualifier") if op.qualified else None))
     if len(parts) == 4 and parts[:2] == ["2015-03-31", "functions"] and parts[3] == "invocations":
         return Request("lambda:InvokeFunction", function(parts[2], query.get("Qualifier")))
     if len(parts) == 4 and parts[:2] == ["2019-09-25", "functions"] and parts[3] == "event-invoke-config":

@@ -145,6 +145,12 @@ class CodeStore:
         log.info("stored package %s (%d bytes)", sha, upload.size)
         return Stored(sha, upload.size, created=True)
 
+    def put(self, data: bytes) -> Stored:
+        """A package given whole (a ZipFile of the Lambda API), stored as an upload is (blocking)."""
+        with self.receiving() as upload:
+            upload.write(data)
+            return self.commit(upload)
+
     def verified(self, sha256: str) -> Path:
         """The stored package, re-hashed against its name (blocking); `PackageMissing` if absent or no longer
         intact (then it is set aside)."""

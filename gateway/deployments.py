@@ -23,31 +23,35 @@ import json
 import logging
 import os
 import tempfile
+import uuid
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from kambda import hostruntimes, jsontext, manifests, naming, packages, specs
+from kambda.operator import versioning
 
 from . import errors
 from .codestore import CodeStore, PackageMissing
 from .connections import read_body
+from .control import shapes
+from .control import store as store_api
+from .control.store import StoredAlias, StoredFunction, StoredVersion
 from .registry import FunctionVersion, Registry
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 
-class DeployError(Exception):
-    """A manifest that cannot be deployed; `status` and `error_type` say how to answer."""
+class DeployError(errors.AWSError):
+    """A manifest that cannot be deployed: an AWS error like any other refusal (400 unless said)."""
 
     def __init__(self, message: str, *, status: int = 400, error_type: str = "InvalidParameterValueException") -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
+        super().__init__(status, error_type, message)
 
 
 @dataclass(frozen=True)
@@ -71,17 +75,28 @@ def version_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _now() -> str:
+    return shapes.timestamp(datetime.now(UTC))
+
+
 class Deployments:
-    """The one owner of `<root>` (one JSON file per deployed function) and of those functions in the registry."""
+    """The one owner of `<root>` (one JSON file per deployed function) and of those functions in the registry: the
+    local backend's `FunctionStore`.
+
+    A record is `{manifest, versions: [{version, hash, spec, modified}], aliases: {name: {version, weights,
+    description, generation}}, uid, generation, modified}`; `generation` counts changes, so that RevisionIds
+    (`shapes.revision_id(uid, generation)`) change with every one, as Lambda's do."""
 
     def __init__(
-        self, root: Path, store: CodeStore, cache_dir: Path, registry: Registry, *, reserved: Set[str] = frozenset()
-    ) -> None:
+        self, root: Path, store: CodeStore, cache_dir: Path, registry: Registry, *, reserved: Set[str] = frozenset(),
+        place: shapes.Place | None = None,
+    ) -> None:  # fmt: skip
         self._root = root
         self._store = store
         self._cache = cache_dir
         self._registry = registry
         self._reserved = reserved  # names the manifests directory defines
+        self._place = place or shapes.Place("us-east-1", "000000000000")
         self._lock = asyncio.Lock()
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -95,17 +110,14 @@ class Deployments:
                 continue
             try:
                 record = json.loads(path.read_text())
-                self._registry.replace_function(self._registry.namespace, name, self._versions(record))
+                self._serve(name, record, self._versions(record))
             except (DeployError, ValueError, KeyError, TypeError, OSError) as exc:
                 log.error("deployed function %s is not served: %s (deploy it again)", name, exc)
 
     def manifest(self, name: str) -> dict[str, Any] | None:
         self._check_name(name)
-        path = self._root / f"{name}.json"
-        if not path.is_file():
-            return None
-        manifest: dict[str, Any] = json.loads(path.read_text())["manifest"]
-        return manifest
+        record = self._record(name)
+        return None if record is None else dict(record["manifest"])
 
     async def deploy(self, name: str, manifest: Mapping[str, Any]) -> Deployed:
         """Serve `manifest` as function `name`'s newest version; a package is unpacked (in a thread) first."""
@@ -117,35 +129,212 @@ class Deployments:
         namespace = self._registry.namespace
         if meta.get("namespace", namespace) != namespace:
             raise DeployError(f"this gateway serves namespace {namespace!r}, not {meta.get('namespace')!r}")
-        manifest = {**manifest, "metadata": {"name": name, "namespace": namespace}}
-        spec = await asyncio.to_thread(self._parse, manifest)  # its runtime may be probed first (a subprocess)
-        async with self._lock:  # one deploy at a time, so that version numbers follow each other
-            built, created = await asyncio.to_thread(self._publish, name, manifest, spec)
-            self._registry.replace_function(namespace, name, built)
+        raw_spec = manifest.get("spec")
+        async with self._lock:  # one change at a time, so that version numbers follow each other
+            record = await asyncio.to_thread(self._record, name)
+            _, created, built = await self._save(name, raw_spec if isinstance(raw_spec, Mapping) else {}, record)
         latest = built[naming.LATEST]
+        spec = latest.spec
         size = self._store.size(spec.code.package) if spec.code.package else None
         if size is None:
             size = sum(len(text.encode()) for text in (spec.code.files or {}).values())
         return Deployed(name, latest.version, latest.code_sha256, size, created)
 
-    def _publish(
-        self, name: str, manifest: Mapping[str, Any], spec: specs.FunctionSpec
-    ) -> tuple[dict[str, FunctionVersion], bool]:
-        """The function's versions with `manifest` as the newest, written to its file (blocking)."""
+    # ---- FunctionStore ---------------------------------------------------------------------------------------
+
+    async def functions(self) -> list[StoredFunction]:
+        def read_all() -> list[tuple[str, dict[str, Any]]]:
+            found = []
+            for path in sorted(self._root.glob("*.json")):
+                if path.stem not in self._reserved:
+                    found.append((path.stem, json.loads(path.read_text())))
+            return found
+
+        return [self._stored(name, record) for name, record in await asyncio.to_thread(read_all)]
+
+    async def function(self, name: str) -> StoredFunction:
+        return self._stored(name, await self._existing(name))
+
+    async def create(self, name: str, spec: Mapping[str, Any]) -> StoredFunction:
+        self._writable(name)
+        async with self._lock:
+            if await asyncio.to_thread(self._record, name) is not None:
+                raise store_api.conflict(f"Function already exist: {name}")
+            record, _, _ = await self._save(name, spec, None)
+        return self._stored(name, record)
+
+    async def update(self, name: str, spec: Mapping[str, Any], *, revision: str | None = None) -> StoredFunction:
+        self._writable(name)
+        async with self._lock:
+            current = await self._existing(name)
+            if revision is not None and revision != self._stored(name, current).revision:
+                raise store_api.revision_mismatch()
+            record, _, _ = await self._save(name, spec, current)
+        return self._stored(name, record)
+
+    async def published(self, name: str) -> StoredFunction:
+        return await self.function(name)  # a local change is published before it is answered
+
+    async def delete(self, name: str) -> None:
+        self._writable(name)
+        async with self._lock:
+            await self._existing(name)
+            await asyncio.to_thread((self._root / f"{name}.json").unlink)
+            self._registry.remove(self._registry.namespace, name)
+            for alias in list(self._registry.aliases_of(self._registry.namespace, name)):
+                self._registry.remove_alias(self._registry.namespace, name, alias)
+
+    async def delete_version(self, name: str, version: str) -> None:
+        self._writable(name)
+        async with self._lock:
+            record = await self._existing(name)
+            numbers = [str(v["version"]) for v in record["versions"]]
+            if version not in numbers:
+                raise errors.not_found(self._place.function_arn(name, version))
+            if version == numbers[-1]:
+                raise store_api.conflict(f"Version {version} is what $LATEST runs: it can be deleted with the function")
+            for alias, entry in record.get("aliases", {}).items():
+                if version == entry["version"] or version in entry.get("weights", {}):
+                    raise store_api.conflict(f"Alias {alias} routes to version {version}: change the alias first")
+            record = {**record, "versions": [v for v in record["versions"] if str(v["version"]) != version]}
+            await self._write(name, record)
+
+    async def aliases(self, function: str) -> list[StoredAlias]:
+        record = await self._existing(function)
+        return [
+            self._alias(function, alias, entry, record) for alias, entry in sorted(record.get("aliases", {}).items())
+        ]
+
+    async def put_alias(self, alias: StoredAlias, *, create: bool, revision: str | None = None) -> StoredAlias:
+        self._writable(alias.function)
+        async with self._lock:
+            record = await self._existing(alias.function)
+            entries: dict[str, Any] = dict(record.get("aliases", {}))
+            current = entries.get(alias.name)
+            arn = self._place.function_arn(alias.function, alias.name)
+            if create and current is not None:
+                raise store_api.conflict(f"Alias already exists: {arn}")
+            if current is None and not create:
+                raise errors.resource_not_found(f"Alias not found: {arn}")
+            current_revision = None if current is None else self._alias(alias.function, alias.name, current, record)
+            if revision is not None and current_revision is not None and revision != current_revision.revision:
+                raise store_api.revision_mismatch()
+            available = [str(v["version"]) for v in record["versions"]]
+            problems = versioning.alias_problems(alias.version, alias.weights, available)
+            if problems:
+                missing = any("does not exist" in p for p in problems)
+                error_type = "ResourceNotFoundException" if missing else "InvalidParameterValueException"
+                raise errors.AWSError(404 if missing else 400, error_type, "; ".join(problems))
+            generation = (current or {}).get("generation", 0) + 1
+            entries[alias.name] = {
+                "version": alias.version, "weights": dict(alias.weights), "description": alias.description,
+                "generation": generation,
+            }  # fmt: skip
+            record = {**record, "aliases": entries}
+            await self._write(alias.function, record)
+            self._route(alias.function, alias.name, entries[alias.name])
+        return self._alias(alias.function, alias.name, entries[alias.name], record)
+
+    async def delete_alias(self, function: str, name: str) -> None:
+        self._writable(function)
+        async with self._lock:
+            record = await self._existing(function)
+            entries = dict(record.get("aliases", {}))
+            if entries.pop(name, None) is None:
+                raise errors.resource_not_found(f"Alias not found: {self._place.function_arn(function, name)}")
+            await self._write(function, {**record, "aliases": entries})
+            self._registry.remove_alias(self._registry.namespace, function, name)
+
+    # ---- records ---------------------------------------------------------------------------------------------
+
+    def _record(self, name: str) -> dict[str, Any] | None:
         path = self._root / f"{name}.json"
-        record = json.loads(path.read_text()) if path.is_file() else {"versions": []}
-        versions: list[dict[str, Any]] = record["versions"]
-        raw_spec = dict(manifest.get("spec") or {})
+        if not path.is_file():
+            return None
+        record: dict[str, Any] = json.loads(path.read_text())
+        return record
+
+    async def _existing(self, name: str) -> dict[str, Any]:
+        if name in self._reserved or not (specs.NAME_RE.fullmatch(name) and specs.K8S_NAME_RE.fullmatch(name)):
+            raise errors.not_found(self._place.function_arn(name))
+        record = await asyncio.to_thread(self._record, name)
+        if record is None:
+            raise errors.not_found(self._place.function_arn(name))
+        return record
+
+    def _writable(self, name: str) -> None:
+        self._check_name(name)
+
+    def _stored(self, name: str, record: Mapping[str, Any]) -> StoredFunction:
+        spec: Mapping[str, Any] = record["manifest"]["spec"]
+        uid = record.get("uid", name)
+        shared = {k: v for k, v in spec.items() if k not in specs.VERSIONED_FIELDS}
+        versions = tuple(
+            StoredVersion(
+                str(v["version"]),
+                {**shared, **v["spec"]},
+                v.get("modified") or record.get("modified") or "",
+                shapes.revision_id(uid, f"v{v['version']}"),
+            )
+            for v in record["versions"]
+        )
+        return StoredFunction(
+            name, spec, shapes.revision_id(uid, record.get("generation", len(versions))),
+            record.get("modified") or (versions[-1].last_modified if versions else ""), versions,
+        )  # fmt: skip
+
+    def _alias(self, function: str, name: str, entry: Mapping[str, Any], record: Mapping[str, Any]) -> StoredAlias:
+        uid = record.get("uid", function)
+        revision = shapes.revision_id(uid, f"alias:{name}:{entry['generation']}")
+        return StoredAlias(
+            function, name, entry["version"], dict(entry.get("weights", {})), entry.get("description", ""), revision
+        )
+
+    async def _save(
+        self, name: str, raw_spec: Mapping[str, Any], record: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any], bool, dict[str, FunctionVersion]]:
+        """`raw_spec` as function `name`'s current spec, published as a new version if a versioned field changed:
+        (the record written, whether a version was published, the versions served). Under the lock."""
+        namespace = self._registry.namespace
+        manifest = {"apiVersion": naming.API_VERSION, "kind": "Function",
+                    "metadata": {"name": name, "namespace": namespace}, "spec": dict(raw_spec)}  # fmt: skip
+        spec = await asyncio.to_thread(self._parse, manifest)  # its runtime may be probed first (a subprocess)
+        now = _now()
+        record = dict(record or {"versions": [], "aliases": {}, "uid": str(uuid.uuid4()), "generation": 0})
+        versions: list[dict[str, Any]] = list(record["versions"])
         digest = version_hash(raw_spec)
         created = not versions or versions[-1]["hash"] != digest
         if created:
             number = versions[-1]["version"] + 1 if versions else 1
             snapshot = {k: raw_spec[k] for k in specs.VERSIONED_FIELDS if k in raw_spec}
-            versions.append({"version": number, "hash": digest, "spec": snapshot})
-        record = {"manifest": manifest, "versions": versions[-spec.retain_versions :]}
-        built = self._versions(record)  # before anything is written: code that cannot run is refused
-        _write_atomically(path, json.dumps(record, indent=1, sort_keys=True))
-        return built, created
+            versions.append({"version": number, "hash": digest, "spec": snapshot, "modified": now})
+        routed = {int(v) for entry in record.get("aliases", {}).values()
+                  for v in [entry["version"], *entry.get("weights", {})]}  # fmt: skip
+        drop = set(versioning.versions_to_delete([v["version"] for v in versions], routed, spec.retain_versions))
+        record.update(
+            manifest=manifest, versions=[v for v in versions if v["version"] not in drop],
+            generation=record.get("generation", 0) + 1, modified=now,
+        )  # fmt: skip
+        built = await asyncio.to_thread(self._versions, record)  # before anything is written: code that cannot run
+        await asyncio.to_thread(_write_atomically, self._root / f"{name}.json", json.dumps(record, indent=1))
+        self._serve(name, record, built)
+        return record, created, built
+
+    async def _write(self, name: str, record: Mapping[str, Any]) -> None:
+        """A change that leaves $LATEST as it is (a version deleted, an alias; its RevisionId stays): written, and
+        the registry follows."""
+        built = await asyncio.to_thread(self._versions, record)
+        await asyncio.to_thread(_write_atomically, self._root / f"{name}.json", json.dumps(record, indent=1))
+        self._registry.replace_function(self._registry.namespace, name, built)
+
+    def _serve(self, name: str, record: Mapping[str, Any], built: dict[str, FunctionVersion]) -> None:
+        self._registry.replace_function(self._registry.namespace, name, built)
+        for alias, entry in record.get("aliases", {}).items():
+            self._route(name, alias, entry)
+
+    def _route(self, function: str, alias: str, entry: Mapping[str, Any]) -> None:
+        routing = versioning.alias_routing(entry["version"], entry.get("weights"))
+        self._registry.put_alias(self._registry.namespace, function, alias, routing)
 
     def _check_name(self, name: str) -> None:
         if not (specs.NAME_RE.fullmatch(name) and specs.K8S_NAME_RE.fullmatch(name)):
@@ -244,10 +433,7 @@ class DeployAPI:
     async def get(self, request: web.Request) -> web.StreamResponse:
         assert self._deployments is not None
         name = request.match_info["name"]
-        try:
-            manifest = self._deployments.manifest(name)
-        except DeployError as exc:
-            raise errors.AWSError(exc.status, exc.error_type, str(exc)) from None
+        manifest = self._deployments.manifest(name)
         if manifest is None:
             raise errors.not_found(naming.function_arn(self._settings.region, self._settings.account_id, name))
         return web.json_response({"Manifest": manifest})
@@ -264,8 +450,5 @@ class DeployAPI:
             raise errors.invalid_content(f"The manifest is not JSON: {exc}") from None
         if not isinstance(manifest, Mapping):
             raise errors.invalid_content("The manifest must be a JSON object")
-        try:
-            deployed = await self._deployments.deploy(request.match_info["name"], manifest)
-        except DeployError as exc:
-            raise errors.AWSError(exc.status, exc.error_type, str(exc)) from None
+        deployed = await self._deployments.deploy(request.match_info["name"], manifest)
         return web.json_response(deployed.json(), status=201 if deployed.created else 200)

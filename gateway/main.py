@@ -23,6 +23,8 @@ from .auth import Authenticator
 from .backends import Backend
 from .backends.local import LocalBackend, LocalSettings
 from .codestore import CodeStore, PackageMissing
+from .control import shapes
+from .control.store import FunctionStore
 from .deployments import Deployments
 from .invoke_api import MAX_HEADERS_BYTES
 from .registry import FunctionVersion, Registry
@@ -135,6 +137,7 @@ async def serve(
     *,
     store: CodeStore | None = None,
     deployments: Deployments | None = None,
+    functions: FunctionStore | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     authenticator, announcement = authentication(settings)
@@ -150,7 +153,14 @@ async def serve(
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     app = create_app(
-        settings, registry, backend, signing_key, store=store, deployments=deployments, authenticator=authenticator
+        settings,
+        registry,
+        backend,
+        signing_key,
+        store=store,
+        deployments=deployments,
+        functions=functions,
+        authenticator=authenticator,
     )
     runner = web.AppRunner(
         app,
@@ -241,6 +251,7 @@ def run_local(directory: Path, settings: GatewaySettings, signing_key: bytes | N
         deployments = Deployments(
             settings.data_dir / "functions", store, settings.data_dir / "code", registry,
             reserved={spec.name for spec in manifests.load_directory(directory)},
+            place=shapes.Place(settings.region, settings.account_id),
         )  # fmt: skip
         deployments.load()
         key = signing_key or credentials.new_signing_key()
@@ -248,7 +259,9 @@ def run_local(directory: Path, settings: GatewaySettings, signing_key: bytes | N
             signing_key=key, region=settings.region, use_cgroups=settings.use_cgroups, isolation=settings.isolation,
             runtimes_dir=settings.data_dir / "runtimes",
         )  # fmt: skip
-        await serve(settings, registry, LocalBackend(local), key, store=store, deployments=deployments)
+        await serve(
+            settings, registry, LocalBackend(local), key, store=store, deployments=deployments, functions=deployments
+        )
 
     return _serve_holding_data_dir(settings, main)
 

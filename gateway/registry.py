@@ -67,6 +67,9 @@ class Registry:
     def remove_alias(self, namespace: str, function: str, alias: str) -> None:
         self._aliases.get((namespace, function), {}).pop(alias, None)
 
+    def aliases_of(self, namespace: str, function: str) -> list[str]:
+        return list(self._aliases.get((namespace, function), {}))
+
     def functions(self) -> list[FunctionVersion]:
         return [v[naming.LATEST] for v in self._versions.values() if naming.LATEST in v]
 

@@ -145,7 +145,8 @@ def _tree_sha256(directory: Path, scratch_dir: Path) -> str | None:
 # ---- inline files ------------------------------------------------------------------------------------------------
 
 
-def _files_sha256(files: Mapping[str, bytes]) -> str:
+def files_sha256(files: Mapping[str, bytes]) -> str:
+    """Inline code's CodeSha256 (base64): a digest over its names and contents, as they have no zip."""
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
@@ -163,10 +164,10 @@ def _files_in(directory: Path) -> dict[str, bytes]:
 
 def _materialise_files(texts: Mapping[str, str], cache_dir: Path) -> tuple[Path, str]:
     files = {name: text.encode() for name, text in texts.items()}
-    sha = _files_sha256(files)
+    sha = files_sha256(files)
     target = cache_dir / hashlib.sha256(sha.encode()).hexdigest()[:32]
     if target.is_dir():
-        if _files_sha256(_files_in(target)) == sha:
+        if files_sha256(_files_in(target)) == sha:
             return target, sha
         log.warning("cached code %s does not match its digest: writing it again", target)
         shutil.rmtree(target)

@@ -45,6 +45,7 @@ VERSIONED_FIELDS = (
     "serviceAccountName", "network", "layers", "imageConfig", "logging", "ephemeralStorage",
 )  # fmt: skip
 MAX_LAYERS = 5  # Lambda's limit per function
+MAX_TAGS = 50
 
 # Validating patterns are used with `fullmatch` and end in \Z: `$` also matches before a trailing newline.
 NAME_RE = re.compile(r"[a-zA-Z0-9-_]{1,64}\Z")
@@ -170,6 +171,8 @@ class FunctionSpec:
     image_config: ImageConfig = ImageConfig()  # a container-image function's overrides of its image
     logging: LoggingConfig = LoggingConfig()
     ephemeral_storage_mb: int = EPHEMERAL_STORAGE_MB[0]  # the size of the function's /tmp
+    role: str | None = None  # Lambda's execution role ARN: kept and reported; a pod's identity is its service account
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_python(self) -> bool:
@@ -285,6 +288,10 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     on_success = _destination(r, asy, "onSuccess")
     on_failure = _destination(r, asy, "onFailure")
     description = r.string(spec, "description", "spec") or ""
+    if len(description) > 256:
+        r.fail("spec.description", "must be at most 256 characters")
+    role = r.string(spec, "role", "spec")
+    tags = _parse_tags(r, spec)
     secret_env = _parse_secret_environment(r, spec)
     service_account = r.string(spec, "serviceAccountName", "spec")
     egress = r.string(r.mapping(spec, "network", "spec"), "egress", "spec.network") or "all"
@@ -332,7 +339,23 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         image_config=image_config,
         logging=logging,
         ephemeral_storage_mb=storage or EPHEMERAL_STORAGE_MB[0],
+        role=role,
+        tags=tags,
     )
+
+
+def _parse_tags(r: _Reader, spec: Mapping[str, Any]) -> Mapping[str, str]:
+    """Lambda's tags: at most 50 string pairs, keys up to 128 characters, values up to 256."""
+    raw = r.mapping(spec, "tags", "spec")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        r.fail("spec.tags", "must map strings to strings")
+        return {}
+    if len(raw) > MAX_TAGS:
+        r.fail("spec.tags", f"at most {MAX_TAGS} tags")
+    for key, value in raw.items():
+        if not 1 <= len(key) <= 128 or len(value) > 256:
+            r.fail(f"spec.tags.{key}", "keys are 1-128 characters, values at most 256")
+    return dict(raw)
 
 
 def _parse_logging(r: _Reader, spec: Mapping[str, Any]) -> LoggingConfig:

@@ -1,0 +1,103 @@
+"""Where the control plane's functions live, as one interface with two owners: the local backend's data directory
+(`gateway/deployments.py`) and the Kubernetes API server (`control/kubernetes.py`).
+
+Specs are plain dicts, as a Function manifest's `spec` is. Versions follow kambda's rule, the operator's: a change
+of a versioned field (`specs.VERSIONED_FIELDS`) publishes version N+1, which `$LATEST` then runs. A store raises
+the AWS errors itself (`errors.AWSError`: not found, conflict, precondition failed), so that the API renders them as
+it renders every refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .. import errors
+from .shapes import Status
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    number: str
+    spec: Mapping[str, Any]  # the version's whole spec: its snapshot, and the function's shared settings
+    last_modified: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class StoredFunction:
+    name: str
+    spec: Mapping[str, Any]  # what $LATEST is
+    revision: str  # Lambda's RevisionId of $LATEST
+    last_modified: str
+    versions: tuple[StoredVersion, ...]  # published, oldest first
+    status: Status = field(default_factory=Status)
+
+    def version(self, number: str) -> StoredVersion | None:
+        return next((v for v in self.versions if v.number == number), None)
+
+    @property
+    def newest(self) -> StoredVersion | None:
+        return self.versions[-1] if self.versions else None
+
+
+@dataclass(frozen=True)
+class StoredAlias:
+    function: str
+    name: str
+    version: str
+    weights: Mapping[str, float]  # additional versions' shares
+    description: str
+    revision: str
+
+
+class FunctionStore(Protocol):
+    async def functions(self) -> list[StoredFunction]:
+        """Every function, by name."""
+        ...
+
+    async def function(self, name: str) -> StoredFunction:
+        """The function, or ResourceNotFoundException."""
+        ...
+
+    async def create(self, name: str, spec: Mapping[str, Any]) -> StoredFunction:
+        """A new function (ResourceConflictException if the name is taken)."""
+        ...
+
+    async def update(self, name: str, spec: Mapping[str, Any], *, revision: str | None = None) -> StoredFunction:
+        """The function's spec replaced; `revision`, if given, must be its current RevisionId."""
+        ...
+
+    async def published(self, name: str) -> StoredFunction:
+        """The function once its current spec is a published version (Kubernetes: the operator's work)."""
+        ...
+
+    async def delete(self, name: str) -> None: ...
+
+    async def delete_version(self, name: str, version: str) -> None: ...
+
+    async def aliases(self, function: str) -> list[StoredAlias]: ...
+
+    async def put_alias(self, alias: StoredAlias, *, create: bool, revision: str | None = None) -> StoredAlias:
+        """Create (`create`: a conflict if it exists) or replace an alias; `revision` as for `update`."""
+        ...
+
+    async def delete_alias(self, function: str, name: str) -> None: ...
+
+
+def function_not_found(arn: str) -> errors.AWSError:
+    return errors.not_found(arn)
+
+
+def conflict(message: str) -> errors.AWSError:
+    return errors.AWSError(409, "ResourceConflictException", message)
+
+
+def revision_mismatch() -> errors.AWSError:
+    return errors.AWSError(
+        412,
+        "PreconditionFailedException",
+        "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to "
+        "retrieve the latest Revision Id",
+    )
