@@ -163,13 +163,13 @@ class Deployments:
             record, _, _ = await self._save(name, spec, None)
         return self._stored(name, record)
 
-    async def update(self, name: str, spec: Mapping[str, Any], *, revision: str | None = None) -> StoredFunction:
+    async def update(self, name: str, change: store_api.Change, *, revision: str | None = None) -> StoredFunction:
         self._writable(name)
         async with self._lock:
             current = await self._existing(name)
             if revision is not None and revision != self._stored(name, current).revision:
                 raise store_api.revision_mismatch()
-            record, _, _ = await self._save(name, spec, current)
+            record, _, _ = await self._save(name, change(current["manifest"]["spec"]), current)
         return self._stored(name, record)
 
     async def published(self, name: str) -> StoredFunction:

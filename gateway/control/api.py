@@ -22,7 +22,7 @@ from ..codestore import CodeStore
 from ..connections import read_body
 from ..settings import GatewaySettings
 from . import operations, shapes
-from .store import FunctionStore, StoredAlias, StoredFunction, StoredVersion, revision_mismatch
+from .store import Change, FunctionStore, StoredAlias, StoredFunction, StoredVersion, revision_mismatch
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MIN_UNRESERVED = 100  # Lambda keeps at least this much of the account's concurrency unreserved
@@ -135,6 +135,16 @@ class ControlAPI:
         sha: str = stored.sha256
         return sha
 
+    def _checked(self, name: str, change: Change = lambda spec: spec) -> Change:
+        """`change`, followed by the manifest parser's checks of its result (a spec the store would refuse)."""
+
+        def checked(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+            new = change(spec)
+            shapes.check_spec(name, self._settings.namespace, new)
+            return new
+
+        return checked
+
     def _check_revision(self, revision: str | None, current: str) -> None:
         if revision is not None and revision != current:
             raise revision_mismatch()
@@ -221,11 +231,17 @@ class ControlAPI:
             )
         self._check_revision(shapes.string(body, "RevisionId"), fn.revision)
         sha = await self._store_zip(change.zip_file) if change.zip_file is not None else None
-        spec = {**fn.spec, "code": shapes.code_spec(change, sha)}
-        shapes.check_spec(ref.name, self._settings.namespace, spec)
+        code = shapes.code_spec(change, sha)
         if shapes.boolean(body, "DryRun"):
-            return web.json_response({**await self._config(fn, None), "CodeSha256": (await self._code(spec)).sha256})
-        fn = await self._store.update(ref.name, spec, revision=shapes.string(body, "RevisionId"))
+            self._checked(ref.name)({**fn.spec, "code": code})
+            return web.json_response(
+                {**await self._config(fn, None), "CodeSha256": (await self._code({"code": code})).sha256}
+            )
+        fn = await self._store.update(
+            ref.name,
+            self._checked(ref.name, lambda spec: {**spec, "code": code}),
+            revision=shapes.string(body, "RevisionId"),
+        )
         if shapes.boolean(body, "Publish"):
             fn = await self._store.published(ref.name)
             return web.json_response(await self._config(fn, fn.newest))
@@ -234,12 +250,10 @@ class ControlAPI:
     async def update_function_configuration(self, request: web.Request) -> web.StreamResponse:
         ref = self._ref(request)
         body = await self._body(request)
-        fn = await self._store.function(ref.name)
         revision = shapes.string(body, "RevisionId")
-        self._check_revision(revision, fn.revision)
-        spec = shapes.configuration_changes(body, fn.spec)
-        shapes.check_spec(ref.name, self._settings.namespace, spec)
-        fn = await self._store.update(ref.name, spec, revision=revision)
+        shapes.configuration_changes(body, {})  # the body's own mistakes first, whatever the function is
+        change = self._checked(ref.name, lambda spec: shapes.configuration_changes(body, spec))
+        fn = await self._store.update(ref.name, change, revision=revision)
         return web.json_response(await self._config(fn, None))
 
     async def delete_function(self, request: web.Request) -> web.StreamResponse:
@@ -347,17 +361,15 @@ class ControlAPI:
         )
 
     async def _set_reserved(self, name: str, reserved: int | None) -> StoredFunction:
-        fn = await self._store.function(name)
-        concurrency = dict(fn.spec.get("concurrency") or {})
-        if reserved is None:
-            concurrency.pop("reserved", None)
-        else:
-            concurrency["reserved"] = reserved
-        spec = {**fn.spec, "concurrency": concurrency}
-        if not concurrency:
-            spec.pop("concurrency")
-        shapes.check_spec(name, self._settings.namespace, spec)
-        return await self._store.update(name, spec)
+        def change(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+            concurrency = dict(spec.get("concurrency") or {})
+            if reserved is None:
+                concurrency.pop("reserved", None)
+            else:
+                concurrency["reserved"] = reserved
+            return _without_empty({**spec, "concurrency": concurrency}, "concurrency")
+
+        return await self._store.update(name, self._checked(name, change))
 
     async def put_function_concurrency(self, request: web.Request) -> web.StreamResponse:
         ref = self._ref(request)
@@ -419,9 +431,12 @@ class ControlAPI:
         new = shapes.string_map(body, "Tags")
         if new is None:
             raise errors.invalid_parameter("Tags is required")
-        fn = await self._store.function(name)
-        merged = shapes.tags({**(fn.spec.get("tags") or {}), **new})
-        await self._store.update(name, {**fn.spec, "tags": merged})
+        shapes.tags(new)
+
+        def change(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+            return {**spec, "tags": shapes.tags({**(spec.get("tags") or {}), **new})}
+
+        await self._store.update(name, self._checked(name, change))
         return web.Response(status=204)
 
     async def untag_resource(self, request: web.Request) -> web.StreamResponse:
@@ -429,17 +444,23 @@ class ControlAPI:
         keys = request.query.getall("tagKeys", [])
         if not keys:
             raise errors.invalid_parameter("TagKeys is required")
-        fn = await self._store.function(name)
-        remaining = {k: v for k, v in (fn.spec.get("tags") or {}).items() if k not in keys}
-        spec = {**fn.spec, "tags": remaining}
-        if not remaining:
-            spec.pop("tags")
-        await self._store.update(name, spec)
+
+        def change(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+            remaining = {k: v for k, v in (spec.get("tags") or {}).items() if k not in keys}
+            return _without_empty({**spec, "tags": remaining}, "tags")
+
+        await self._store.update(name, self._checked(name, change))
         return web.Response(status=204)
 
     async def list_tags(self, request: web.Request) -> web.StreamResponse:
         fn = await self._store.function(self._tagged(request))
         return web.json_response({"Tags": dict(fn.spec.get("tags") or {})})
+
+
+def _without_empty(spec: dict[str, Any], key: str) -> dict[str, Any]:
+    if not spec.get(key):
+        spec.pop(key, None)
+    return spec
 
 
 def _snake(name: str) -> str:

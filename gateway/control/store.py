@@ -9,12 +9,16 @@ it renders every refusal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import errors
 from .shapes import Status
+
+# A change of a function's spec: the current spec in, the new one out (pure; it may raise an AWSError to refuse).
+# The store applies it to what it holds at the moment of writing, so that concurrent changes are never lost.
+Change = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,8 @@ class FunctionStore(Protocol):
         """A new function (ResourceConflictException if the name is taken)."""
         ...
 
-    async def update(self, name: str, spec: Mapping[str, Any], *, revision: str | None = None) -> StoredFunction:
-        """The function's spec replaced; `revision`, if given, must be its current RevisionId."""
+    async def update(self, name: str, change: Change, *, revision: str | None = None) -> StoredFunction:
+        """The function's spec changed by `change`; `revision`, if given, must be its current RevisionId."""
         ...
 
     async def published(self, name: str) -> StoredFunction:
