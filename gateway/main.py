@@ -273,6 +273,7 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
     from kambda import kubeconfig
 
     from .backends.kubernetes import KubernetesBackend
+    from .control.kubernetes import KubernetesFunctionStore
     from .watching import Watcher
 
     async def main() -> None:
@@ -285,7 +286,9 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
                 await asyncio.wait_for(watcher.synced.wait(), 60)
                 store = CodeStore(settings.data_dir / "packages")
                 backend = KubernetesBackend(api, settings.image_runtimes)
-                await serve(settings, registry, backend, signing_key, store=store)
+                place = shapes.Place(settings.region, settings.account_id)
+                functions = KubernetesFunctionStore(api, settings.namespace, registry, place)
+                await serve(settings, registry, backend, signing_key, store=store, functions=functions)
             finally:
                 watching.cancel()
                 await asyncio.gather(watching, return_exceptions=True)

@@ -67,6 +67,9 @@ class Registry:
     def remove_alias(self, namespace: str, function: str, alias: str) -> None:
         self._aliases.get((namespace, function), {}).pop(alias, None)
 
+    def routing(self, namespace: str, function: str, alias: str) -> dict[str, float] | None:
+        return self._aliases.get((namespace, function), {}).get(alias)
+
     def aliases_of(self, namespace: str, function: str) -> list[str]:
         return list(self._aliases.get((namespace, function), {}))
 

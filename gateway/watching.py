@@ -114,15 +114,14 @@ class Watcher:
         return self._snapshots[key]
 
     async def _on_alias(self, kind: str, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        function = (body.get("spec") or {}).get("function", "")
+        meta, spec = body["metadata"], body.get("spec") or {}
+        function = spec.get("function", "")
+        alias = spec.get("name") or meta["name"]  # the Lambda API names its objects {function}.{alias}
         routing = (body.get("status") or {}).get("routing")
         if kind == "DELETED" or not routing:
-            self._registry.remove_alias(meta["namespace"], function, meta["name"])
+            self._registry.remove_alias(meta["namespace"], function, alias)
         else:
-            self._registry.put_alias(
-                meta["namespace"], function, meta["name"], {str(k): float(v) for k, v in routing.items()}
-            )
+            self._registry.put_alias(meta["namespace"], function, alias, {str(k): float(v) for k, v in routing.items()})
 
 
 def version_spec(function_spec: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:

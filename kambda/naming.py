@@ -10,6 +10,9 @@ LATEST = "$LATEST"
 GROUP, VERSION = "kambda.dev", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 FUNCTIONS, ALIASES = "functions", "aliases"
+# Versions of a Function the operator is asked to delete (DeleteFunction with a Qualifier): comma-separated numbers
+# in this annotation. The operator owns versions, so the gateway asks rather than deletes.
+DELETE_VERSIONS_ANNOTATION = f"{GROUP}/delete-versions"
 # A function pod's termination message starts with this when its agent refused the code (a hash that does not
 # match, an unsafe or oversized zip): the operator puts the rest on the Function's status.
 CODE_REFUSED = "CodeRefused"

@@ -92,7 +92,8 @@ async def reconcile_function(
         known.append(versioning.Revision(number, resources.version_hash(raw_spec)))
 
     routed = await _routed_versions(cluster, namespace, name)
-    for old in versioning.versions_to_delete([r.version for r in known], routed, fn.retain_versions):
+    requested = versioning.requested_deletions((meta.get("annotations") or {}).get(naming.DELETE_VERSIONS_ANNOTATION))
+    for old in versioning.versions_to_delete([r.version for r in known], routed, fn.retain_versions, requested):
         await cluster.delete_version(namespace, name, old)
         known = [r for r in known if r.version != old]
 
@@ -130,7 +131,7 @@ async def reconcile_alias(
 ) -> None:
     cluster: Cluster = memo.cluster
     assert namespace is not None
-    if name.isdigit():
+    if str(spec.get("name") or name).isdigit():
         _not_ready(patch, body, "InvalidName", "an alias name cannot be a number (it would shadow a version)")
         raise kopf.PermanentError("numeric alias name")
     function = spec.get("function", "")

@@ -23,11 +23,20 @@ def current_version(existing: Iterable[Revision], spec_hash: str) -> tuple[int, 
     return (revisions[-1].version + 1 if revisions else 1), True
 
 
-def versions_to_delete(existing: Iterable[int], routed: Iterable[int], retain: int) -> list[int]:
-    """Versions beyond the newest `retain` that no alias routes traffic to."""
+def versions_to_delete(
+    existing: Iterable[int], routed: Iterable[int], retain: int, requested: Iterable[int] = ()
+) -> list[int]:
+    """Versions beyond the newest `retain`, and those `requested` (DeleteFunction with a Qualifier), that no alias
+    routes traffic to; never the newest, which is what $LATEST runs."""
     ordered = sorted(set(existing), reverse=True)
-    keep = set(ordered[: max(1, retain)]) | set(routed)
+    asked = set(requested) - set(ordered[:1])
+    keep = (set(ordered[: max(1, retain)]) - asked) | set(routed)
     return sorted(v for v in ordered if v not in keep)
+
+
+def requested_deletions(annotation: str | None) -> list[int]:
+    """The version numbers in the delete-versions annotation (anything else in it is ignored)."""
+    return [int(v) for v in (annotation or "").split(",") if v.strip().isdigit()]
 
 
 def alias_routing(version: str, weights: Mapping[str, float] | None) -> dict[str, float]:

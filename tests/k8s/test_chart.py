@@ -90,6 +90,9 @@ def test_rbac_allows_what_each_needs_and_nothing_else(kube: Kube, release: tuple
         (operator, "create", "events", functions),
         (gateway, "patch", "deployments.apps/scale", functions), (gateway, "watch", "functions.kambda.dev", functions),
         (gateway, "get", "controllerrevisions.apps", functions), (gateway, "delete", "pods", functions),
+        # the Lambda control-plane API: Functions and Aliases are its source of truth
+        (gateway, "create", "functions.kambda.dev", functions), (gateway, "update", "functions.kambda.dev", functions),
+        (gateway, "delete", "aliases.kambda.dev", functions),
     ]  # fmt: skip
     refused = [
         (operator, "patch", "deployments.apps/scale", functions),  # replicas belong to the gateway
@@ -99,7 +102,8 @@ def test_rbac_allows_what_each_needs_and_nothing_else(kube: Kube, release: tuple
         (operator, "update", "deployments.apps", functions), (operator, "create", "clusterrolebindings", ""),
         (gateway, "get", "secrets", functions), (gateway, "create", "deployments.apps", functions),
         (gateway, "patch", "deployments.apps/scale", system), (gateway, "delete", "pods", system),
-        (gateway, "patch", "functions.kambda.dev", functions), (gateway, "list", "pods", functions),
+        (gateway, "patch", "functions.kambda.dev/status", functions), (gateway, "list", "pods", functions),
+        (gateway, "create", "functions.kambda.dev", system), (gateway, "delete", "controllerrevisions.apps", functions),
     ]  # fmt: skip
     for account, verb, resource, ns in allowed:
         assert can(kube, account, verb, resource, ns or "default"), f"{account} cannot {verb} {resource} in {ns}"

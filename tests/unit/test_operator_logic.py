@@ -43,6 +43,14 @@ def test_garbage_collection_keeps_newest_and_routed() -> None:
     assert versioning.versions_to_delete([1, 2, 3], routed=[], retain=0) == [1, 2]  # the newest always stays
 
 
+def test_versions_asked_to_go_go_unless_newest_or_routed() -> None:
+    assert versioning.versions_to_delete([1, 2, 3], routed=[], retain=5, requested=[1]) == [1]
+    assert versioning.versions_to_delete([1, 2, 3], routed=[1], retain=5, requested=[1, 2]) == [2]
+    assert versioning.versions_to_delete([1, 2, 3], routed=[], retain=5, requested=[3]) == []  # $LATEST runs it
+    assert versioning.requested_deletions("1,x,, 3") == [1, 3]
+    assert versioning.requested_deletions(None) == []
+
+
 def test_alias_routing_and_problems() -> None:
     assert versioning.alias_routing("1", {"2": 0.1}) == {"2": 0.1, "1": 0.9}
     assert versioning.alias_routing("1", {"2": 0}) == {"1": 1.0}

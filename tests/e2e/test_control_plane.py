@@ -1,0 +1,94 @@
+"""Lambda's control-plane API on the real node, through the helm-installed gateway: the Function and Alias custom
+resources are its store, so every step is also checked with kubectl, and a Function applied with kubectl is changed
+through the API."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Platform
+from tests.integration.test_control_plane import ROLE, app_zip
+from tests.kube import eventually
+from tests.workdir import function_manifest
+
+WAIT = {"Delay": 1, "MaxAttempts": 120}
+
+
+def invoke(platform: Platform, name: str, qualifier: str | None = None) -> Any:
+    extra = {"Qualifier": qualifier} if qualifier else {}
+    response = platform.client.invoke(FunctionName=name, Payload=b'{"n": 1}', **extra)
+    assert "FunctionError" not in response, response["Payload"].read()
+    return json.loads(response["Payload"].read())
+
+
+def test_the_lambda_scenario_against_the_cluster(platform: Platform) -> None:
+    lam = platform.client
+    created = lam.create_function(FunctionName="api-fn", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                                  Code={"ZipFile": app_zip("one")}, Tags={"team": "a"})  # fmt: skip
+    assert created["State"] == "Pending" and created["LastUpdateStatus"] == "InProgress"
+    fn = platform.kube.get("function", "api-fn", platform.namespace)
+    assert fn is not None and fn["spec"]["runtime"] == "python3.11" and fn["spec"]["tags"] == {"team": "a"}
+    assert len(fn["spec"]["code"]["sha256"]) == 64  # the zip went to the code store, not into etcd
+    lam.get_waiter("function_active_v2").wait(FunctionName="api-fn", WaiterConfig=WAIT)
+    assert invoke(platform, "api-fn")["marker"] == "one"
+
+    lam.update_function_code(FunctionName="api-fn", ZipFile=app_zip("two"))
+    lam.get_waiter("function_updated_v2").wait(FunctionName="api-fn", WaiterConfig=WAIT)
+    assert invoke(platform, "api-fn")["marker"] == "two"
+    published = lam.publish_version(FunctionName="api-fn")
+    assert published["Version"] == "2"
+    fn = platform.kube.get("function", "api-fn", platform.namespace) or {}
+    assert fn["status"]["latestVersion"] == "2"
+    assert platform.kube.get("controllerrevision", "api-fn-v2", platform.namespace) is not None
+
+    lam.create_alias(FunctionName="api-fn", Name="live", FunctionVersion="2",
+                     RoutingConfig={"AdditionalVersionWeights": {"1": 0.1}})  # fmt: skip
+    alias = platform.kube.get("alias", "api-fn.live", platform.namespace)
+    assert alias is not None and alias["spec"]["name"] == "live" and alias["spec"]["version"] == "2"
+    seen = Counter(invoke(platform, "api-fn", "live")["version"] for _ in range(100))
+    # 0.9/0.1 over 100 calls: version 1 in 10 ± 3; 1-30 is beyond 3 standard deviations either way.
+    assert set(seen) == {"1", "2"} and 1 <= seen["1"] <= 30, seen
+
+    lam.put_function_concurrency(FunctionName="api-fn", ReservedConcurrentExecutions=3)
+    fn = platform.kube.get("function", "api-fn", platform.namespace) or {}
+    assert fn["spec"]["concurrency"] == {"reserved": 3}
+    assert lam.get_function_concurrency(FunctionName="api-fn")["ReservedConcurrentExecutions"] == 3
+
+    lam.create_function(FunctionName="api-fn-b", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                        Code={"ZipFile": app_zip("b")})  # fmt: skip
+    pages = list(lam.get_paginator("list_functions").paginate(PaginationConfig={"PageSize": 1}))
+    names = [f["FunctionName"] for p in pages for f in p["Functions"]]
+    assert {"api-fn", "api-fn-b"} <= set(names) and all(len(p["Functions"]) <= 1 for p in pages)
+    kubectl_names = {f["metadata"]["name"] for f in platform.kube.list("functions", platform.namespace)}
+    assert set(names) == kubectl_names  # one source of truth
+    versions = lam.list_versions_by_function(FunctionName="api-fn", MaxItems=2)
+    assert [v["Version"] for v in versions["Versions"]] == ["$LATEST", "1"] and versions["NextMarker"]
+
+    lam.delete_alias(FunctionName="api-fn", Name="live")
+    assert eventually(lambda: platform.kube.get("alias", "api-fn.live", platform.namespace) is None, timeout=30)
+    for name in ("api-fn", "api-fn-b"):
+        lam.delete_function(FunctionName=name)
+    assert eventually(lambda: platform.kube.get("function", "api-fn", platform.namespace) is None, timeout=60)
+
+
+def test_a_function_applied_with_kubectl_is_changed_through_the_api(platform: Platform) -> None:
+    lam = platform.client
+    code = "def handler(event, context):\n    return context.get_remaining_time_in_millis() > 5000\n"
+    platform.apply(function_manifest("kubectl-fn", code))
+    assert eventually(lambda: platform.ready("kubectl-fn", "1"), timeout=60)
+    config = lam.get_function_configuration(FunctionName="kubectl-fn")
+    assert config["Timeout"] == 3 and config["Runtime"] == "python3.11"
+    updated = lam.update_function_configuration(FunctionName="kubectl-fn", Timeout=9, RevisionId=config["RevisionId"])
+    assert updated["Timeout"] == 9
+    fn = platform.kube.get("function", "kubectl-fn", platform.namespace) or {}
+    assert fn["spec"]["timeoutSeconds"] == 9
+    lam.get_waiter("function_updated_v2").wait(FunctionName="kubectl-fn", WaiterConfig=WAIT)
+    assert invoke(platform, "kubectl-fn") is True  # version 2 runs with the 9 s timeout
+    with pytest.raises(lam.exceptions.PreconditionFailedException):
+        lam.update_function_configuration(FunctionName="kubectl-fn", Timeout=10, RevisionId=config["RevisionId"])
+    lam.delete_function(FunctionName="kubectl-fn")
+    assert eventually(lambda: platform.kube.get("function", "kubectl-fn", platform.namespace) is None, timeout=60)
