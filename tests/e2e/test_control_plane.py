@@ -55,7 +55,7 @@ def test_the_lambda_scenario_against_the_cluster(platform: Platform) -> None:
 
     lam.put_function_concurrency(FunctionName="api-fn", ReservedConcurrentExecutions=3)
     fn = platform.kube.get("function", "api-fn", platform.namespace) or {}
-    assert fn["spec"]["concurrency"] == {"reserved": 3}
+    assert fn["spec"]["concurrency"]["reserved"] == 3
     assert lam.get_function_concurrency(FunctionName="api-fn")["ReservedConcurrentExecutions"] == 3
 
     lam.create_function(FunctionName="api-fn-b", Runtime="python3.11", Role=ROLE, Handler="app.handler",
