@@ -26,6 +26,8 @@ from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
+from kambda import signing
+
 ROOT = Path(__file__).resolve().parents[1]
 KUBECONFIG = "/tmp/kambda-test-cluster/admin.kubeconfig"
 KUBECTL = "/var/cache/k8s-test-cluster/bin/kubectl"
@@ -68,7 +70,10 @@ async def bare_trial(apps: client.AppsV1Api, core: client.CoreV1Api, namespace: 
 async def kambda_trial(core: client.CoreV1Api, namespace: str, url: str, function: str) -> float:
     await until_gone(core, namespace, f"kambda.dev/function={function}")
     start = time.perf_counter()
-    request = urllib.request.Request(f"{url}/2015-03-31/functions/{function}/invocations", data=b"{}", method="POST")
+    target = f"{url}/2015-03-31/functions/{function}/invocations"
+    request = urllib.request.Request(
+        target, data=b"{}", method="POST", headers=signing.headers("POST", target, {}, b"{}")
+    )
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=120).read())
     assert json.loads(body) == "warm", body
     return time.perf_counter() - start
@@ -120,6 +125,10 @@ async def _measure(trials: int) -> None:
     release = Release(kube, images, namespace)
     release.install()
     url = release.url()
+    # The chart requires SigV4: every request below (and `kambda deploy`) signs with the administrator's key.
+    key_id, secret = release.admin_key()
+    for env in (os.environ, ENV):
+        env.update(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION="us-east-1")
     # The slim function image next to the platform's (every dependency, as function pods carried before).
     for name, image in (("bare-slim", images.runtime), ("bare-platform", images.platform)):
         kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(bare_deployment(name, image)))
@@ -178,10 +187,12 @@ async def _measure(trials: int) -> None:
 async def _until_served(url: str, function: str) -> None:
     """The gateway serves the function once the operator has published version 1."""
     while True:
+        target = f"{url}/2015-03-31/functions/{function}/invocations"
+        headers = signing.headers("POST", target, {"X-Amz-Invocation-Type": "DryRun"}, b"{}")
         try:
-            urllib.request.urlopen(urllib.request.Request(
-                f"{url}/2015-03-31/functions/{function}/invocations", data=b"{}", method="POST",
-                headers={"X-Amz-Invocation-Type": "DryRun"}), timeout=2)  # fmt: skip
+            urllib.request.urlopen(
+                urllib.request.Request(target, data=b"{}", method="POST", headers=headers), timeout=2
+            )
             return
         except OSError:
             await asyncio.sleep(0.5)

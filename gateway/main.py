@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,7 +20,7 @@ from kambda import accesskeys, credentials, logs, manifests, naming, packages
 
 from . import connections
 from .app import ENDPOINTS, create_app
-from .auth import Authenticator
+from .auth import Authenticator, KeySource
 from .backends import Backend
 from .backends.local import LocalBackend, LocalSettings
 from .codestore import CodeStore, PackageMissing
@@ -113,20 +114,32 @@ def connection_limits(settings: GatewaySettings) -> connections.Limits:
     )
 
 
-def authentication(settings: GatewaySettings) -> tuple[Authenticator | None, str]:
-    """The API's authenticator for `settings.auth` (None: anonymous), and the line that says so at start."""
-    keys = accesskeys.KeyFile.in_data_dir(settings.data_dir)
-    count = len(keys.keys())
+def authentication(settings: GatewaySettings, keys: Keys | None = None) -> tuple[Authenticator | None, str]:
+    """The API's authenticator for `settings.auth` (None: anonymous), and the line that says so at start. `keys`:
+    where the access keys are (default: the data directory's file, as on the local backend)."""
+    if keys is None:
+        local = accesskeys.KeyFile.in_data_dir(settings.data_dir)
+        keys = Keys(local, lambda: len(local.keys()), str(local.path))
+    count = keys.count()
     if settings.auth == "none" or (settings.auth == "auto" and count == 0):
         return None, (
             "authentication: NONE - anyone who reaches this port may invoke and deploy (`kambda keys create`, "
             "then --auth keys)"
         )
     authenticator = Authenticator(
-        keys, region=settings.region, account=settings.account_id, max_body=settings.max_sync_payload,
+        keys.source, region=settings.region, account=settings.account_id, max_body=settings.max_sync_payload,
         body_timeout=settings.body_timeout,
     )  # fmt: skip
-    return authenticator, f"authentication: SigV4, {count} access key(s) in {keys.path}"
+    return authenticator, f"authentication: SigV4, {count} access key(s) in {keys.where}"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Where a gateway's access keys are: the source the authenticator asks, how many there are, and where."""
+
+    source: KeySource
+    count: Callable[[], int]
+    where: str
 
 
 async def serve(
@@ -138,9 +151,10 @@ async def serve(
     store: CodeStore | None = None,
     deployments: Deployments | None = None,
     functions: FunctionStore | None = None,
+    keys: Keys | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    authenticator, announcement = authentication(settings)
+    authenticator, announcement = authentication(settings, keys)
     limits = connection_limits(settings)
     guard = connections.Guard(limits)
     # Bind before anything else starts (gRPC server, agents, queue), so that a taken port fails at once and leaves
@@ -266,6 +280,19 @@ def run_local(directory: Path, settings: GatewaySettings, signing_key: bytes | N
     return _serve_holding_data_dir(settings, main)
 
 
+async def _secret_keys(api: Any, settings: GatewaySettings, tasks: list[asyncio.Task[None]]) -> Keys | None:
+    """The access-key Secrets of the gateway's own namespace, watched (None when authentication is off)."""
+    if settings.auth == "none":
+        return None
+    from .kubekeys import SecretKeys
+
+    namespace = settings.keys_namespace or settings.namespace
+    secrets = SecretKeys(api, namespace)
+    tasks.append(asyncio.create_task(secrets.run(), name="access-keys"))
+    await asyncio.wait_for(secrets.synced.wait(), 60)
+    return Keys(secrets, secrets.count, f"Secrets labelled {accesskeys.SECRET_LABEL} in namespace {namespace}")
+
+
 def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
     """The gateway of a cluster: functions from the API server, instances as pods of per-version Deployments."""
     from kubernetes_asyncio import client
@@ -282,15 +309,18 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
             registry = Registry(settings.namespace)
             watcher = Watcher(api, registry, settings.namespace)
             watching = asyncio.create_task(watcher.run(), name="watch")
+            tasks = [watching]
             try:
                 await asyncio.wait_for(watcher.synced.wait(), 60)
                 store = CodeStore(settings.data_dir / "packages")
                 backend = KubernetesBackend(api, settings.image_runtimes)
                 place = shapes.Place(settings.region, settings.account_id)
                 functions = KubernetesFunctionStore(api, settings.namespace, registry, place)
-                await serve(settings, registry, backend, signing_key, store=store, functions=functions)
+                await serve(settings, registry, backend, signing_key, store=store, functions=functions,
+                            keys=await _secret_keys(api, settings, tasks))  # fmt: skip
             finally:
-                watching.cancel()
-                await asyncio.gather(watching, return_exceptions=True)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     return _serve_holding_data_dir(settings, main)

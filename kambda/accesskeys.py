@@ -3,7 +3,9 @@ do (kambda/policies.py). The gateway verifies SigV4 signatures with the secret (
 the request with the policies.
 
 On the local backend the keys are one JSON file under the data directory (`access-keys.json`, mode 0600, replaced
-atomically), written by `kambda keys create|rm` and re-read by a running gateway when it changes. Key ids and
+atomically), written by `kambda keys create|rm` and re-read by a running gateway when it changes. On Kubernetes each
+key is a Secret in the platform's namespace labelled `kambda.dev/access-key` (`secret_data`/`from_secret`), made by
+the chart (an administrator's) or `kambda keys create --kubernetes`, and watched by the gateways. Key ids and
 secrets look like AWS's (`AKIA` + 16 characters, 40-character secrets), so SDKs and the AWS CLI take them as they
 are.
 """
@@ -31,6 +33,9 @@ ALLOW_ALL: dict[str, Any] = {
 }
 
 
+SECRET_LABEL = "kambda.dev/access-key"  # a Secret that is an access key, and its name (the label's value)
+
+
 class KeyStoreError(Exception):
     """A key store that cannot be read or an operation on a key that is not there."""
 
@@ -47,6 +52,25 @@ class AccessKey:
         """What `kambda keys ls` shows: never the secret."""
         return {"AccessKeyId": self.access_key_id, "Name": self.name, "Created": int(self.created),
                 "Policies": list(self.policies)}  # fmt: skip
+
+
+def secret_data(key: AccessKey) -> dict[str, str]:
+    """An access key as a Kubernetes Secret's `stringData`."""
+    return {"accessKeyId": key.access_key_id, "secretAccessKey": key.secret_access_key, "name": key.name,
+            "policies": json.dumps(list(key.policies)), "created": str(int(key.created))}  # fmt: skip
+
+
+def from_secret(data: Mapping[str, str]) -> AccessKey:
+    """The key a Secret's (decoded) data holds; KeyStoreError naming what is missing or malformed. A Secret without
+    `policies` is an administrator's (lambda:* and kambda:*), as a key made without --policy is."""
+    try:
+        policies = json.loads(data["policies"]) if data.get("policies") else [ALLOW_ALL]
+        if not isinstance(policies, list) or not all(isinstance(p, Mapping) for p in policies):
+            raise ValueError("policies must be a JSON list of policy documents")
+        return AccessKey(data["accessKeyId"], data["secretAccessKey"], data.get("name", ""), tuple(policies),
+                         float(data.get("created") or 0))  # fmt: skip
+    except (KeyError, ValueError) as exc:
+        raise KeyStoreError(f"not an access-key Secret ({exc})") from None
 
 
 def new_key(name: str, policies: tuple[Mapping[str, Any], ...]) -> AccessKey:

@@ -17,6 +17,7 @@ from kambda import signing
 if TYPE_CHECKING:
     from kambda.deploying import Gateway
     from kambda.gateway.settings import GatewaySettings
+    from kambda.secretkeys import SecretKeyStore
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
@@ -50,6 +51,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         status_max_bytes=int(args.status_max_mb * 1024 * 1024),
         image_runtimes=tuple(runtime for runtime, _ in map(_runtime_image, args.runtime_image_for or ())),
         auth=args.auth,
+        keys_namespace=args.keys_namespace,
     )
 
 
@@ -250,11 +252,18 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    """The local backend's access keys (the data directory's access-keys.json; a running gateway re-reads it)."""
+    """Access keys: the local backend's (the data directory's access-keys.json; a running gateway re-reads it) or,
+    with --kubernetes, Secrets in the platform's namespace (the gateways watch them)."""
     from kambda import accesskeys, policies
     from kambda.gateway.settings import default_data_dir
 
-    store = accesskeys.KeyFile.in_data_dir(Path(args.data_dir) if args.data_dir else default_data_dir())
+    store: accesskeys.KeyFile | SecretKeyStore
+    if args.kubernetes:
+        from kambda.secretkeys import SecretKeyStore
+
+        store = SecretKeyStore(args.kubernetes)
+    else:
+        store = accesskeys.KeyFile.in_data_dir(Path(args.data_dir) if args.data_dir else default_data_dir())
     try:
         if args.action == "create":
             if args.policy is None:
@@ -374,6 +383,8 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     _runtime_image_argument(parser, "Kubernetes: a runtime the operator has an image for (it lists the runtimes)")
     parser.add_argument("--auth", choices=("auto", "keys", "none"), default="auto",
                         help="SigV4 with `kambda keys` (keys), anonymous (none), keys if any exist (auto)")  # fmt: skip
+    parser.add_argument("--keys-namespace", default="",
+                        help="Kubernetes: the namespace of the access-key Secrets (default: functions')")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -439,12 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--endpoint", default="http://127.0.0.1:8080")
     status.set_defaults(func=_status)
 
-    keys = sub.add_parser("keys", help="the local gateway's access keys (SigV4), each with an IAM-style policy")
+    keys = sub.add_parser("keys", help="access keys (SigV4), each with an IAM-style policy: local or --kubernetes")
     keys.add_argument("action", choices=("create", "ls", "rm"))
     keys.add_argument("access_key_id", nargs="?", help="rm: the key to remove")
     keys.add_argument("--name", help="create: a name for the key (who holds it)")
     keys.add_argument("--policy", metavar="FILE", help="create: an IAM policy document (default: allow lambda:*)")
     keys.add_argument("--data-dir", help="the gateway's data directory (default ~/.local/share/kambda)")
+    keys.add_argument("--kubernetes", metavar="NAMESPACE",
+                      help="keys of the platform installed in NAMESPACE (Secrets, with your kubeconfig)")  # fmt: skip
     keys.set_defaults(func=_keys)
 
     runtimes = sub.add_parser("runtimes", help="the runtimes this host (or the gateway at --endpoint) runs")

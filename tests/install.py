@@ -7,6 +7,7 @@ PersistentVolume (the test cluster has no volume provisioner), so the queue and 
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -104,6 +105,13 @@ class Release:
             "--timeout", "240s", values=json.dumps(values),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr + self.logs("gateway") + self.logs("operator")
+
+    def admin_key(self) -> tuple[str, str]:
+        """The access key the chart made (AccessKeyId, SecretAccessKey)."""
+        secret = json.loads(self.kube.kubectl("get", "secret", f"{self.name}-admin-key", "-n", self.system,
+                                              "-o", "json").stdout)  # fmt: skip
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        return data["accessKeyId"], data["secretAccessKey"]
 
     def _create_volume(self) -> None:
         """A hostPath PersistentVolume bound in advance to the chart's claim (owned by the gateway's uid)."""

@@ -45,7 +45,26 @@ class Platform:
     namespace: str
     release: Release
     url: str
+    key: tuple[str, str]  # the chart's administrator key: every request is signed, as the chart requires
     client: Any
+
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """The environment of a `kambda` command run against the platform: the kubeconfig and the access key."""
+        return {**self.kube.env, "AWS_ACCESS_KEY_ID": self.key[0], "AWS_SECRET_ACCESS_KEY": self.key[1],
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+
+    def api_get(self, path: str, timeout: float = 10) -> Any:
+        """GET one of kambda's own APIs (`/v1/invocations/...`), signed with the platform's key."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        request = AWSRequest(method="GET", url=f"{self.url}{path}")
+        SigV4Auth(Credentials(*self.key), "lambda", "us-east-1").add_auth(request)
+        signed = urllib.request.Request(request.url, headers=dict(request.headers.items()))
+        with urllib.request.urlopen(signed, timeout=timeout) as r:
+            return json.loads(r.read())
 
     def gateway_logs(self) -> str:
         return self.release.logs("gateway")
@@ -62,7 +81,7 @@ class Platform:
         pids = _host_pids("kambda", "gateway", f"--namespace={self.namespace}")
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)
-        self.client = lambda_client(self.url)
+        self.client = lambda_client(self.url, self.key)
         return pids[0]
 
     def restart_operator(self) -> None:
@@ -89,15 +108,14 @@ class Platform:
         return ok and status.get("latestVersion") == version
 
     def wait_served(self, name: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        probe = lambda_client(self.url, self.key, read_timeout=5)
+
         def served() -> bool:
-            request = urllib.request.Request(
-                f"{self.url}/2015-03-31/functions/{name}/invocations", data=b"{}", method="POST",
-                headers={"X-Amz-Invocation-Type": "DryRun"},
-            )  # fmt: skip
             try:
-                with urllib.request.urlopen(request, timeout=5) as r:
-                    return r.status == 204
-            except OSError:
+                return bool(probe.invoke(FunctionName=name, InvocationType="DryRun")["StatusCode"] == 204)
+            except (BotoCoreError, ClientError):
                 return False
 
         assert eventually(served, timeout=30), self.gateway_logs()
@@ -115,15 +133,16 @@ class Platform:
         return int(json.loads(raw)["spec"].get("replicas", 0))
 
 
-def lambda_client(url: str, *, attempts: int = 1, read_timeout: int = 120) -> Any:
-    """A boto3 Lambda client for the platform. One attempt by default, so a test sees each failure as it is."""
+def lambda_client(url: str, key: tuple[str, str], *, attempts: int = 1, read_timeout: int = 120) -> Any:
+    """A boto3 Lambda client for the platform, signing with `key`. One attempt by default, so a test sees each
+    failure as it is."""
     import boto3
     from botocore.config import Config
 
     config = Config(retries={"total_max_attempts": attempts}, read_timeout=read_timeout, connect_timeout=5,
                     max_pool_connections=64)  # fmt: skip
-    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="t",
-                        aws_secret_access_key="t", config=config)  # fmt: skip
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key[0],
+                        aws_secret_access_key=key[1], config=config)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +154,7 @@ def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
         release.install()
         url = release.url()
         assert release.ready(url), release.logs("gateway")
-        yield Platform(kube, namespace, release, url, lambda_client(url))
+        key = release.admin_key()
+        yield Platform(kube, namespace, release, url, key, lambda_client(url, key))
     finally:
         release.uninstall()

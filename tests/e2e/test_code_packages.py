@@ -59,7 +59,7 @@ def deploy(platform: Platform, source: Path, name: str) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "kambda", "deploy", str(source), "--name", name, "--runtime", "python3.11",
          "--handler", "app.handler", "--timeout", "30", "--endpoint", platform.url, "--namespace", platform.namespace],
-        capture_output=True, text=True, env=platform.kube.env, timeout=300,
+        capture_output=True, text=True, env=platform.cli_env, timeout=300,
     )  # fmt: skip
 
 
@@ -225,7 +225,7 @@ def test_two_layers_a_python_package_and_a_bootstrap(platform: Platform, tmp_pat
         [sys.executable, "-m", "kambda", "deploy", str(app), "--name", "layered", "--runtime", "provided",
          "--handler", "app.handler", "--endpoint", platform.url, "--namespace", platform.namespace,
          "--layer", library, "--layer", runtime],
-        capture_output=True, text=True, env=platform.kube.env, timeout=300,
+        capture_output=True, text=True, env=platform.cli_env, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert eventually(lambda: platform.ready("layered", "1"), timeout=60), platform.operator_logs()

@@ -5,13 +5,19 @@ through the API."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Platform
-from tests.integration.test_control_plane import ROLE, app_zip
+from tests.e2e.conftest import Platform, lambda_client
+from tests.integration.test_control_plane import INVOKER, ROLE, app_zip
 from tests.kube import eventually
 from tests.workdir import function_manifest
 
@@ -92,3 +98,44 @@ def test_a_function_applied_with_kubectl_is_changed_through_the_api(platform: Pl
         lam.update_function_configuration(FunctionName="kubectl-fn", Timeout=10, RevisionId=config["RevisionId"])
     lam.delete_function(FunctionName="kubectl-fn")
     assert eventually(lambda: platform.kube.get("function", "kubectl-fn", platform.namespace) is None, timeout=60)
+
+
+def test_the_chart_requires_sigv4_and_keys_are_secrets(platform: Platform, tmp_path: Path) -> None:
+    lam = platform.client
+    lam.create_function(FunctionName="hello-k", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                        Code={"ZipFile": app_zip("k")})  # fmt: skip
+    lam.get_waiter("function_active_v2").wait(FunctionName="hello-k", WaiterConfig=WAIT)
+    anonymous = urllib.request.Request(f"{platform.url}/2015-03-31/functions/hello-k/invocations", data=b"{}")
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
+        urllib.request.urlopen(anonymous, timeout=10)
+    assert unsigned.value.code == 403
+
+    (tmp_path / "invoker.json").write_text(json.dumps(INVOKER))
+    made = subprocess.run(
+        [sys.executable, "-m", "kambda", "keys", "create", "--name", "ci", "--kubernetes", platform.release.system,
+         "--policy", str(tmp_path / "invoker.json")], capture_output=True, text=True, env=platform.cli_env, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["AccessKey"]
+    invoker = lambda_client(platform.url, (key["AccessKeyId"], key["SecretAccessKey"]))
+
+    def invokes() -> bool:
+        try:
+            return bool(invoker.invoke(FunctionName="hello-k", Payload=b"{}")["StatusCode"] == 200)
+        except ClientError:
+            return False
+
+    assert eventually(invokes, timeout=30)  # the gateway's watch of the Secrets
+    with pytest.raises(ClientError) as denied:
+        invoker.create_function(FunctionName="hello-evil", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                                Code={"ZipFile": app_zip("evil")})  # fmt: skip
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert platform.kube.get("function", "hello-evil", platform.namespace) is None
+
+    removed = subprocess.run(
+        [sys.executable, "-m", "kambda", "keys", "rm", key["AccessKeyId"], "--kubernetes", platform.release.system],
+        capture_output=True, text=True, env=platform.cli_env, timeout=60,
+    )  # fmt: skip
+    assert removed.returncode == 0, removed.stderr
+    assert eventually(lambda: not invokes(), timeout=30)
+    lam.delete_function(FunctionName="hello-k")

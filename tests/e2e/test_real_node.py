@@ -131,8 +131,6 @@ def test_5_reserved_concurrency_caps_pods(platform: Platform) -> None:
 
 
 def test_6_async_events_through_pods_and_the_dead_letter_queue(platform: Platform) -> None:
-    import urllib.request
-
     platform.apply(function_manifest("failing", "def handler(e, c):\n    raise ValueError('no')\n",
                                      **{"async": {"maxRetryAttempts": 1}}))  # fmt: skip
     assert eventually(lambda: platform.ready("failing", "1"), timeout=60)
@@ -148,13 +146,11 @@ def test_6_async_events_through_pods_and_the_dead_letter_queue(platform: Platfor
     failing_id = failing["ResponseMetadata"]["RequestId"]
 
     def state(request_id: str) -> str:
-        with urllib.request.urlopen(f"{platform.url}/v1/invocations/{request_id}", timeout=10) as r:
-            return str(json.loads(r.read())["State"])
+        return str(platform.api_get(f"/v1/invocations/{request_id}")["State"])
 
     assert eventually(lambda: all(state(i) == "succeeded" for i in ids), timeout=120)
     assert eventually(lambda: state(failing_id) == "dead-lettered", timeout=60)
-    with urllib.request.urlopen(f"{platform.url}/v1/dead-letters/{failing_id}", timeout=10) as r:
-        dead = json.loads(r.read())
+    dead = platform.api_get(f"/v1/dead-letters/{failing_id}")
     assert dead["Condition"] == "RetriesExhausted" and dead["Attempts"] == 2
 
 
@@ -256,8 +252,6 @@ def test_8_pods_are_locked_down_and_credentials_are_per_function(platform: Platf
 
 
 def test_9_queued_events_survive_the_gateway_pod(platform: Platform) -> None:
-    import urllib.request
-
     code = "import time\n\ndef handler(event, context):\n    time.sleep(0.1)\n    return event['i']\n"
     platform.apply(function_manifest("drain", code, concurrency={"reserved": 2}, scaling={"idleSeconds": 60}))
     assert eventually(lambda: platform.ready("drain", "1"), timeout=60)
@@ -266,7 +260,7 @@ def test_9_queued_events_survive_the_gateway_pod(platform: Platform) -> None:
     # As the SDKs do by default: a request that gets no answer (a pooled connection the NodePort's NAT forgot once
     # the gateway closed it) is retried soon, rather than waited on for 120 s. A retried event the gateway did
     # take would be an extra, untracked one: the 500 acknowledged below must all arrive either way.
-    client = lambda_client(platform.url, attempts=3, read_timeout=10)
+    client = lambda_client(platform.url, platform.key, attempts=3, read_timeout=10)
 
     def send(i: int) -> str:
         response = client.invoke(FunctionName="drain", InvocationType="Event", Payload=json.dumps({"i": i}))
@@ -276,11 +270,10 @@ def test_9_queued_events_survive_the_gateway_pod(platform: Platform) -> None:
     with ThreadPoolExecutor(16) as pool:
         ids = list(pool.map(send, range(500)))
 
-    def states(url: str) -> Counter[str]:
+    def states() -> Counter[str]:
         def state(request_id: str) -> str:
             try:
-                with urllib.request.urlopen(f"{url}/v1/invocations/{request_id}", timeout=10) as r:
-                    return str(json.loads(r.read())["State"])
+                return str(platform.api_get(f"/v1/invocations/{request_id}")["State"])
             except OSError as exc:
                 return f"unreachable: {exc}"
 
@@ -289,7 +282,7 @@ def test_9_queued_events_survive_the_gateway_pod(platform: Platform) -> None:
 
     # Two sandboxes at ~10 events/s each: most of the 500 are still in the queue (queued, or retrying after a
     # throttle) when the pod goes.
-    before = states(platform.url)
+    before = states()
     assert before["queued"] + before["retrying"] >= 300 and sum(before.values()) == 500, before
     old = platform.release.pods("gateway")[0]["metadata"]["name"]  # type: ignore[index]
     platform.kube.kubectl("delete", "pod", old, "-n", platform.release.system, "--wait=true", "--timeout=90s")
@@ -300,4 +293,4 @@ def test_9_queued_events_survive_the_gateway_pod(platform: Platform) -> None:
 
     assert eventually(replaced, timeout=60)
     assert platform.release.ready(platform.url), platform.gateway_logs()
-    assert eventually(lambda: states(platform.url)["succeeded"] == 500, timeout=180), states(platform.url)
+    assert eventually(lambda: states()["succeeded"] == 500, timeout=180), states()

@@ -45,7 +45,7 @@ def test_a_nodejs_zip_answers_times_out_and_reports_a_crash(platform: Platform, 
     result = subprocess.run(
         [sys.executable, "-m", "kambda", "deploy", str(app), "--name", "node", "--runtime", "nodejs20.x",
          "--handler", "index.handler", "--timeout", "2", "--endpoint", platform.url, "--namespace", platform.namespace],
-        capture_output=True, text=True, env=platform.kube.env, timeout=300,
+        capture_output=True, text=True, env=platform.cli_env, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert eventually(lambda: platform.ready("node", "1"), timeout=60), platform.operator_logs()
