@@ -460,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keys of the platform installed in NAMESPACE (Secrets, with your kubeconfig)")  # fmt: skip
     keys.set_defaults(func=_keys)
 
+    from kambda import apiclient
+
+    apiclient.add_parsers(sub)
+
     runtimes = sub.add_parser("runtimes", help="the runtimes this host (or the gateway at --endpoint) runs")
     runtimes.add_argument("--endpoint", help="ask this gateway (e.g. a cluster's) instead of probing this host")
     runtimes.set_defaults(func=_runtimes)

@@ -315,3 +315,39 @@ def test_the_lambda_scenario_with_the_aws_cli(platform: Platform, tmp_path: Path
     gone = subprocess.run([str(aws_cli), "lambda", "get-function", "--function-name", "cli-fn", "--endpoint-url",
                            platform.gateway.url], capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
     assert gone.returncode != 0 and "ResourceNotFoundException" in gone.stderr
+
+
+def test_the_kambda_cli_is_a_client_of_the_same_api(platform: Platform) -> None:
+    key_id, secret = platform.keys["admin"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {
+        "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }  # fmt: skip
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kambda", *args, "--endpoint", platform.gateway.url],
+                              capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+
+    lam = platform.client()
+    create(lam, "by-cli")
+    lam.update_function_code(FunctionName="by-cli", ZipFile=app_zip("two"))
+    listed = cli("functions", "ls")
+    assert listed.returncode == 0 and "by-cli" in {f["FunctionName"] for f in json.loads(listed.stdout)}
+    assert [v["Version"] for v in json.loads(cli("versions", "ls", "by-cli").stdout)] == ["$LATEST", "1", "2"]
+    made = cli("aliases", "create", "by-cli", "live", "--version", "2", "--weight", "1=0.25")
+    assert made.returncode == 0, made.stderr
+    assert lam.get_alias(FunctionName="by-cli", Name="live")["RoutingConfig"] == {
+        "AdditionalVersionWeights": {"1": 0.25}
+    }
+    assert cli("concurrency", "put", "by-cli", "4").returncode == 0
+    assert lam.get_function_concurrency(FunctionName="by-cli")["ReservedConcurrentExecutions"] == 4
+    assert json.loads(cli("concurrency", "get", "by-cli").stdout) == {"ReservedConcurrentExecutions": 4}
+    missing = cli("functions", "get", "no-such-fn")
+    assert missing.returncode == 2 and missing.stderr.startswith("ResourceNotFoundException: Function not found")
+    unsigned = subprocess.run([sys.executable, "-m", "kambda", "functions", "ls", "--endpoint", platform.gateway.url],
+                              capture_output=True, text=True, timeout=60,
+                              env={k: v for k, v in env.items() if not k.startswith("AWS_ACCESS")
+                                   and not k.startswith("AWS_SECRET")} | {"HOME": "/nonexistent"})  # fmt: skip
+    assert unsigned.returncode == 2 and "MissingAuthenticationToken" in unsigned.stderr, unsigned.stderr
+    assert cli("functions", "rm", "by-cli").returncode == 0
+    assert cli("functions", "get", "by-cli").returncode == 2
