@@ -8,7 +8,9 @@ parse error:
   parser reports it as an unexpected character);
 - it accepts `NaN`, `Infinity` and `-Infinity`, which are not JSON;
 - nesting deeper than the interpreter's recursion limit (about 980 levels, less the caller's own stack) raises
-  `RecursionError` rather than `ValueError`.
+  `RecursionError` rather than `ValueError`;
+- an integer of more than 4,300 digits raises a plain `ValueError` (CPython's guard against quadratic int parsing):
+  a Python runtime could not read it either, so it is refused as invalid like the rest.
 
 `MAX_DEPTH` is the documented nesting limit: 512 levels. Real payloads are rarely more than a few dozen levels
 deep; the limit only has to stay clear of CPython's own ~980 so that it is deterministic (it does not depend on how
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from itertools import accumulate
 from typing import Any, NoReturn
 
@@ -46,8 +49,12 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
         raise InvalidJSON(_too_deep(max_depth)) from None
+    except InvalidJSON:
+        raise
     except json.JSONDecodeError as exc:
         raise InvalidJSON(str(exc)) from None
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        raise InvalidJSON(f"a number has more than {sys.get_int_max_str_digits()} digits") from None
     # Only a text with more opening brackets than the limit can nest past it; counting them is cheap, so the
     # exact scan runs only for large payloads.
     if text.count("[") + text.count("{") > max_depth and depth(text) > max_depth:

@@ -30,6 +30,7 @@ _ALIAS_RE = re.compile(r"(?!^[0-9]+\Z)[a-zA-Z0-9-_]{1,128}\Z")
 _VERSION_RE = re.compile(r"[0-9]{1,10}\Z")
 _TAG_KEY_RE = re.compile(r"[\w\s.:/=+@-]{1,128}\Z", re.UNICODE)
 MAX_TAGS = 50
+_MAX_ITEMS = re.compile(r"[0-9]{1,5}\Z")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 # Fields kambda has no counterpart for: refused when they ask for something, accepted when empty.
 _UNSUPPORTED = {
     "KMSKeyArn": "kambda does not encrypt environment variables with KMS keys",
@@ -454,7 +455,7 @@ def page(items: Sequence[Any], marker: str | None, max_items: str | None) -> tup
     NextMarker opaque to the caller (here the index of the next item, base64)."""
     limit = 50
     if max_items is not None:
-        if not max_items.isdigit() or not 1 <= int(max_items) <= 10_000:
+        if not _MAX_ITEMS.fullmatch(max_items) or not 1 <= int(max_items) <= 10_000:
             raise invalid("MaxItems must be an integer between 1 and 10000")
         limit = int(max_items)
     start = 0

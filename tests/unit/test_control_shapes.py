@@ -118,7 +118,7 @@ def test_pages_follow_their_markers_to_the_end() -> None:
             break
     assert seen == items and pages == 3
     assert shapes.page(items, None, None) == (items, None)
-    for bad in ("0", "10001", "x"):
+    for bad in ("0", "10001", "x", "\u00b2", "\u2460", "9" * 5000):  # the last three: found by the fuzz suite
         assert "MaxItems" in refused(lambda bad=bad: shapes.page(items, None, bad))
     assert "Marker" in refused(lambda: shapes.page(items, "not-base64!", None))
     assert "Marker" in refused(lambda: shapes.page(items, base64.urlsafe_b64encode(b"99").decode(), None))

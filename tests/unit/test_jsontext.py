@@ -106,3 +106,10 @@ def test_invalid_json_is_a_value_error() -> None:
 )
 def test_depth(text: str, depth: int) -> None:
     assert jsontext.depth(text) == depth
+
+
+def test_a_number_too_long_for_python_is_invalid_not_a_crash() -> None:
+    # Found by the control-plane fuzz suite: CPython raises a plain ValueError past 4,300 digits.
+    with pytest.raises(jsontext.InvalidJSON, match="more than 4300 digits"):
+        jsontext.loads('{"Timeout": ' + "1" * 4400 + "}")
+    assert jsontext.loads("1" * 4300) == int("1" * 4300)
