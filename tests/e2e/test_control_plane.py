@@ -139,3 +139,39 @@ def test_the_chart_requires_sigv4_and_keys_are_secrets(platform: Platform, tmp_p
     assert removed.returncode == 0, removed.stderr
     assert eventually(lambda: not invokes(), timeout=30)
     lam.delete_function(FunctionName="hello-k")
+
+
+def test_the_lambda_scenario_with_the_aws_cli_against_the_cluster(platform: Platform, tmp_path: Path) -> None:
+    env = {k: v for k, v in platform.cli_env.items() if k != "AWS_PROFILE"} | {"AWS_PAGER": ""}
+    aws_cli = Path(sys.executable).with_name("aws")
+
+    def aws(*args: str) -> Any:
+        done = subprocess.run([str(aws_cli), "lambda", *args, "--endpoint-url", platform.url, "--output", "json"],
+                              capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+        assert done.returncode == 0, (args, done.stderr, platform.gateway_logs()[-3000:])
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    (tmp_path / "one.zip").write_bytes(app_zip("one"))
+    (tmp_path / "two.zip").write_bytes(app_zip("two"))
+    aws("create-function", "--function-name", "cli-fn", "--runtime", "python3.11", "--role", ROLE,
+        "--handler", "app.handler", "--zip-file", f"fileb://{tmp_path / 'one.zip'}")  # fmt: skip
+    aws("wait", "function-active-v2", "--function-name", "cli-fn")
+    aws("invoke", "--function-name", "cli-fn", "--payload", "{}", str(tmp_path / "out.json"))
+    assert json.loads((tmp_path / "out.json").read_text())["marker"] == "one"
+    aws("update-function-code", "--function-name", "cli-fn", "--zip-file", f"fileb://{tmp_path / 'two.zip'}")
+    aws("wait", "function-updated-v2", "--function-name", "cli-fn")
+    assert aws("publish-version", "--function-name", "cli-fn")["Version"] == "2"
+    aws("create-alias", "--function-name", "cli-fn", "--name", "live", "--function-version", "2",
+        "--routing-config", '{"AdditionalVersionWeights": {"1": 0.1}}')  # fmt: skip
+    aws("put-function-concurrency", "--function-name", "cli-fn", "--reserved-concurrent-executions", "2")
+    fn = platform.kube.get("function", "cli-fn", platform.namespace) or {}
+    assert fn["spec"]["concurrency"]["reserved"] == 2 and fn["status"]["latestVersion"] == "2"
+    alias = platform.kube.get("alias", "cli-fn.live", platform.namespace) or {}
+    assert alias["spec"]["additionalVersionWeights"] == {"1": 0.1}
+    listed = aws("list-functions", "--page-size", "1")
+    assert "cli-fn" in {f["FunctionName"] for f in listed["Functions"]}
+    versions = aws("list-versions-by-function", "--function-name", "cli-fn", "--page-size", "1")
+    assert [v["Version"] for v in versions["Versions"]] == ["$LATEST", "1", "2"]
+    aws("delete-function", "--function-name", "cli-fn")
+    assert eventually(lambda: platform.kube.get("function", "cli-fn", platform.namespace) is None, timeout=60)
+    assert platform.kube.get("alias", "cli-fn.live", platform.namespace) is None
