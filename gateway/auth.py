@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -21,10 +22,11 @@ from aiohttp import web
 from kambda import accesskeys, policies
 
 from . import authz, errors, sigv4
-from .connections import read_raw_body
+from .connections import RAW_BODY, read_raw_body
 from .control import operations
 
 MODES = ("auto", "keys", "none")
+GRANTS = "kambda.grants"  # the request's key's policies, for handlers that check a second action
 IDENTITY = "kambda.sigv4-identity"  # where a streamed request keeps its Identity for `payload_must_match`
 STREAMED = frozenset({("PUT", "/kambda/v1/code")})  # bodies not read whole: their hash is declared and checked later
 Clock = Callable[[], datetime]
@@ -63,9 +65,14 @@ class Authenticator:
         if not streamed:
             # The bytes as sent (signed), not decoded; aiohttp keeps them for the handler. Same limit, deadline and
             # errors as the handlers' own reads.
-            limit = operations.body_limit(request.method, request.path) or self._max_body
-            too_large = f"Request must be smaller than {limit} bytes"
-            raw = await read_raw_body(request, limit=limit, timeout=self._body_timeout, too_large=too_large)
+            control = operations.body_limit(request.method, request.path)
+            if control is None:  # an invoke (or one of kambda's own small bodies)
+                limit, timeout = self._max_body, self._body_timeout
+                too_large = f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
+            else:
+                limit, timeout = control, operations.body_timeout(self._body_timeout, control)
+                too_large = f"Request must be smaller than {limit} bytes"
+            raw = await read_raw_body(request, limit=limit, timeout=timeout, too_large=too_large)
             body_sha256 = hashlib.sha256(raw).hexdigest()
         path, query = sigv4.split_target(request.raw_path)
         key: list[accesskeys.AccessKey] = []
@@ -88,14 +95,45 @@ class Authenticator:
             ) from None
         if streamed:
             request[IDENTITY] = identity
-        asked = authz.of_request(request.method, request.path, dict(request.query), self._region, self._account)
+        asked = authz.of_request(
+            request.method, request.path, dict(request.query), self._region, self._account,
+            body=request.get(RAW_BODY),
+        )  # fmt: skip
         if asked is None:
             return  # no API serves it: the router answers (404), nothing is done
-        decision = policies.evaluate(self._policies(key[0]), action=asked.action, resource=asked.resource)
+        principal = f"arn:aws:iam::{self._account}:user/{key[0].name or key[0].access_key_id}"
+        grants = request[GRANTS] = Grants(principal, self._policies(key[0]))
+        grants.require(asked.action, asked.resource)
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What the request's key may do, for the handlers whose answer depends on a second action (GetFunction's
+    tags need lambda:ListTags; CreateFunction with tags needs lambda:TagResource, as on AWS)."""
+
+    principal: str
+    policies: list[policies.Policy]
+
+    def permits(self, action: str, resource: str) -> bool:
+        return policies.evaluate(self.policies, action=action, resource=resource).outcome is policies.Outcome.ALLOWED
+
+    def require(self, action: str, resource: str) -> None:
+        decision = policies.evaluate(self.policies, action=action, resource=resource)
         if decision.outcome is not policies.Outcome.ALLOWED:
-            principal = f"arn:aws:iam::{self._account}:user/{key[0].name or key[0].access_key_id}"
-            message = policies.access_denied_message(principal, decision)
+            message = policies.access_denied_message(self.principal, decision)
             raise errors.AWSError(policies.ACCESS_DENIED_STATUS, policies.ACCESS_DENIED, message)
+
+
+def permits(request: web.Request, action: str, resource: str) -> bool:
+    """Whether the request's key may also do `action` on `resource` (an anonymous gateway permits everything)."""
+    grants = request.get(GRANTS)
+    return not isinstance(grants, Grants) or grants.permits(action, resource)
+
+
+def require(request: web.Request, action: str, resource: str) -> None:
+    grants = request.get(GRANTS)
+    if isinstance(grants, Grants):
+        grants.require(action, resource)
 
 
 def payload_must_match(request: web.Request, body_sha256: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kambda import naming, policies
+from kambda import jsontext, naming, policies
 
 from .control import operations
 
@@ -28,13 +28,28 @@ class Request:
     resource: str
 
 
+def _created_name(operation: str, body: bytes | None) -> str:
+    """CreateFunction's FunctionName, read from its body; "" if it has none (the handler refuses such a body)."""
+    if operation != "CreateFunction" or not body:
+        return ""
+    try:
+        parsed = jsontext.loads(body)
+    except jsontext.InvalidJSON:
+        return ""
+    name = parsed.get("FunctionName") if isinstance(parsed, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 def is_open(method: str, path: str) -> bool:
     """Paths the SigV4 middleware lets through: probes, metrics, and what has an authentication of its own."""
     return path in OPEN_PATHS or (method in ("GET", "HEAD") and _CODE_DOWNLOAD.match(path) is not None)
 
 
-def of_request(method: str, path: str, query: dict[str, str], region: str, account: str) -> Request | None:
-    """The action and resource of a request, or None for a path no API serves (the router answers it: 404)."""
+def of_request(
+    method: str, path: str, query: dict[str, str], region: str, account: str, *, body: bytes | None = None
+) -> Request | None:
+    """The action and resource of a request, or None for a path no API serves (the router answers it: 404).
+    `body`: the request's body, for CreateFunction, whose resource is the function named inside it."""
     parts = path.strip("/").split("/")
 
     def function(name: str, qualifier: str | None = None) -> str:
@@ -50,7 +65,7 @@ def of_request(method: str, path: str, query: dict[str, str], region: str, accou
         action = policies.action_for_operation(op.name)
         if action in policies.ACCOUNT_ACTIONS:
             return Request(action, "*")
-        name = params.get("FunctionName") or params.get("Resource") or ""
+        name = params.get("FunctionName") or params.get("Resource") or _created_name(op.name, body)
         return Request(action, function(name, query.get("Qualifier") if op.qualified else None))
     if len(parts) == 4 and parts[:2] == ["2015-03-31", "functions"] and parts[3] == "invocations":
         return Request("lambda:InvokeFunction", function(parts[2], query.get("Qualifier")))

@@ -48,6 +48,7 @@ from aiohttp import web
 from kambda import credentials, packages, specs
 
 from . import auth, errors
+from .control import operations
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -57,8 +58,6 @@ from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 TOO_LARGE = f"Zipped package must be at most {packages.MAX_ZIPPED} bytes (Lambda's limit for an upload)"
-# An upload may take longer than the body timeout: a 50 MB zip at this rate takes 200 s more.
-MIN_UPLOAD_RATE = 256 * 1024  # bytes per second
 _UPLOAD_PREFIX = ".upload-"
 
 
@@ -269,7 +268,8 @@ class CodeAPI:
         length = request.content_length
         if length is not None and length > packages.MAX_ZIPPED:
             raise errors.too_large(TOO_LARGE)
-        timeout = self._settings.body_timeout + (length or packages.MAX_ZIPPED) / MIN_UPLOAD_RATE
+        # An upload may take longer than the body timeout: a 50 MB zip is given 200 s more.
+        timeout = operations.body_timeout(self._settings.body_timeout, length or packages.MAX_ZIPPED)
         with self._store.receiving() as upload:
             try:
                 async with asyncio.timeout(timeout):

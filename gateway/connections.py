@@ -229,21 +229,34 @@ async def read_body(request: web.Request, *, limit: int, timeout: float, too_lar
     return decode_content(raw, coding, limit, too_large)
 
 
+RAW_BODY = "kambda.raw-body"  # where a request keeps its body once read (the authenticator reads it first)
+
+
 async def read_raw_body(request: web.Request, *, limit: int, timeout: float, too_large: str) -> bytes:
-    """The request's body as sent (aiohttp keeps it: a later read gets it at once), under `read_body`'s rules."""
+    """The request's body as sent, under `read_body`'s rules; read once, then kept on the request.
+
+    Read chunk by chunk against `limit`, rather than with aiohttp's `read()` (bounded only by the application's
+    `client_max_size`, the largest of all routes' limits): a chunked body with no Content-Length is refused at
+    `limit`, not after the largest body any route takes has been buffered."""
+    kept = request.get(RAW_BODY)
+    if isinstance(kept, bytes):
+        if len(kept) > limit:
+            raise errors.too_large(too_large)
+        return kept
     if request.content_length is not None and request.content_length > limit:
         raise errors.too_large(too_large)
+    body = bytearray()
     try:
         async with asyncio.timeout(timeout):
-            raw = await request.read()
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    raise errors.too_large(too_large)
     except TimeoutError:
         raise errors.request_timeout(f"The request body was not received within {timeout:g} seconds") from None
-    except web.HTTPRequestEntityTooLarge:
-        raise errors.too_large(too_large) from None
     except (web.RequestPayloadError, asyncio.IncompleteReadError, ConnectionError) as exc:
         raise errors.invalid_content(f"Could not read the request body: {exc}", close=True) from None
-    if len(raw) > limit:
-        raise errors.too_large(too_large)
+    raw = request[RAW_BODY] = bytes(body)
     return raw
 
 

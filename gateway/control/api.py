@@ -16,7 +16,7 @@ from aiohttp import web
 
 from kambda import jsontext, manifests, naming, packages, specs
 
-from .. import errors
+from .. import auth, errors
 from ..codemirror import ObjectStoreMirror
 from ..codestore import CodeStore
 from ..connections import read_body
@@ -51,7 +51,7 @@ class ControlAPI:
 
     async def _body(self, request: web.Request, limit: int = operations.CONFIG_BODY_LIMIT) -> Mapping[str, Any]:
         raw = await read_body(
-            request, limit=limit, timeout=self._settings.body_timeout + limit / (256 * 1024),
+            request, limit=limit, timeout=operations.body_timeout(self._settings.body_timeout, limit),
             too_large=f"Request must be smaller than {limit} bytes",
         )  # fmt: skip
         if not raw.strip():
@@ -65,12 +65,21 @@ class ControlAPI:
         return body
 
     def _ref(self, request: web.Request, *, qualifier: bool = False) -> naming.FunctionRef:
+        """The function a request names. Only operations that take a Qualifier may name a version or alias: the
+        authoriser judged the qualified ARN, so acting on the bare function instead would act on what it did not
+        judge."""
         try:
-            return naming.parse_function_ref(
+            ref = naming.parse_function_ref(
                 request.match_info["FunctionName"], request.query.get("Qualifier") if qualifier else None
             )
         except naming.InvalidReference as exc:
             raise errors.invalid_parameter(str(exc)) from None
+        if not qualifier and ref.qualifier is not None:
+            raise errors.invalid_parameter(
+                f"FunctionName {request.match_info['FunctionName']!r}: this operation acts on a function; give its "
+                "name or ARN without a version or alias"
+            )
+        return ref
 
     async def _code(self, spec: Mapping[str, Any]) -> shapes.Code:
         """CodeSha256 and CodeSize of a spec's code, as Lambda reports them."""
@@ -169,6 +178,7 @@ class ControlAPI:
             spec.setdefault("runtime", "provided")
         tags = shapes.string_map(body, "Tags")
         if tags:
+            auth.require(request, "lambda:TagResource", self._place.function_arn(name))  # as AWS asks
             spec["tags"] = shapes.tags(tags)
         sha = await self._store_zip(change.zip_file) if change.zip_file is not None else None
         spec["code"] = shapes.code_spec(change, sha)
@@ -190,10 +200,12 @@ class ControlAPI:
             location = {"RepositoryType": "ECR", "ImageUri": code["image"], "ResolvedImageUri": code["image"]}
         else:
             location = {"RepositoryType": "kambda", "Location": f"/kambda/v1/code/{code.get('sha256', '')}"}
-        answer: dict[str, Any] = {
-            "Configuration": await self._config(fn, version, arn_qualifier), "Code": location,
-            "Tags": dict(fn.spec.get("tags") or {}),
-        }  # fmt: skip
+        answer: dict[str, Any] = {"Configuration": await self._config(fn, version, arn_qualifier), "Code": location}
+        # Lambda returns tags only to a caller also allowed lambda:ListTags on the function.
+        if auth.permits(request, "lambda:ListTags", self._place.function_arn(fn.name)):
+            answer["Tags"] = dict(fn.spec.get("tags") or {})
+        else:
+            answer["TagsError"] = {"ErrorCode": "AccessDeniedException", "Message": "lambda:ListTags is not allowed"}
         reserved = (fn.spec.get("concurrency") or {}).get("reserved")
         if reserved is not None:
             answer["Concurrency"] = {"ReservedConcurrentExecutions": reserved}

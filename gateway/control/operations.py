@@ -14,6 +14,12 @@ from kambda import packages
 # A ZipFile travels base64-encoded inside the JSON body: 50 MB of zip is about 67 MB of request.
 CODE_BODY_LIMIT = packages.MAX_ZIPPED * 4 // 3 + 64 * 1024
 CONFIG_BODY_LIMIT = 1024 * 1024  # everything else is a small JSON document
+MIN_BODY_RATE = 256 * 1024  # bytes/s a client is given beyond the body timeout: a 67 MB body gets 256 s more
+
+
+def body_timeout(base: float, limit: int) -> float:
+    """How long a body of up to `limit` bytes may take to arrive: the body timeout, and time for its size."""
+    return base + limit / MIN_BODY_RATE
 
 
 @dataclass(frozen=True)

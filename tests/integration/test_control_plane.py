@@ -29,6 +29,11 @@ INVOKER = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": HELLO}],
 }
+PROD_A = "arn:aws:lambda:*:*:function:prod-a"  # exactly: the unqualified function
+NOT_PROD = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "lambda:*", "Resource": "*"},
+    {"Effect": "Deny", "Action": ["lambda:UpdateFunctionCode", "lambda:ListTags"], "Resource": PROD_A},
+    {"Effect": "Deny", "Action": "lambda:CreateFunction", "Resource": PROD_A[:-1] + "*"}]}  # fmt: skip
 
 
 def app_zip(marker: str) -> bytes:
@@ -53,7 +58,9 @@ class Platform:
         (root / "functions").mkdir(parents=True)
         self.keys: dict[str, tuple[str, str]] = {}
         (root / "invoker.json").write_text(json.dumps(INVOKER))
-        for name, extra in (("admin", []), ("invoker", ["--policy", str(root / "invoker.json")])):
+        (root / "not-prod.json").write_text(json.dumps(NOT_PROD))
+        for name, extra in (("admin", []), ("invoker", ["--policy", str(root / "invoker.json")]),
+                            ("not-prod", ["--policy", str(root / "not-prod.json")])):  # fmt: skip
             made = kambda("keys", "create", "--name", name, "--data-dir", str(self.data), *extra)
             assert made.returncode == 0, made.stderr
             key = json.loads(made.stdout)["AccessKey"]
@@ -260,6 +267,25 @@ def test_an_invoke_only_key_cannot_create_or_delete(platform: Platform) -> None:
         status, code, _ = refusal(call)
         assert (status, code) == (403, "AccessDeniedException")
     assert invoke(admin, "hello-cp")["marker"] == "one"
+
+
+def test_a_deny_holds_however_the_function_is_named(platform: Platform) -> None:
+    admin, restricted = platform.client(), platform.client("not-prod", validate=False)
+    create(admin, "prod-a", Tags={"owner": "secret-team"})
+    # Named with a qualifier, an update would be judged against prod-a:1 but act on prod-a: refused outright.
+    status, code, _ = refusal(lambda: restricted.update_function_code(FunctionName="prod-a:1", ZipFile=app_zip("x")))
+    assert (status, code) == (400, "InvalidParameterValueException")
+    assert refusal(lambda: restricted.update_function_code(FunctionName="prod-a", ZipFile=app_zip("x")))[1] == (
+        "AccessDeniedException"
+    )
+    assert invoke(admin, "prod-a")["marker"] == "one"  # unchanged
+    # CreateFunction is judged against the function its body names.
+    assert refusal(lambda: create(restricted, "prod-b"))[:2] == (403, "AccessDeniedException")
+    create(restricted, "dev-b")
+    # GetFunction shows tags only to a caller allowed lambda:ListTags, as Lambda does.
+    seen = restricted.get_function(FunctionName="prod-a")
+    assert "Tags" not in seen and seen["TagsError"]["ErrorCode"] == "AccessDeniedException"
+    assert admin.get_function(FunctionName="prod-a")["Tags"] == {"owner": "secret-team"}
 
 
 def test_what_the_api_made_survives_a_restart(platform: Platform) -> None:
