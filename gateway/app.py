@@ -119,7 +119,7 @@ def create_app(
     CodeAPI(settings, store, registry, signing_key, backend, mirror).add_routes(app.router)
     DeployAPI(settings, deployments).add_routes(app.router)
     if functions is not None:
-        ControlAPI(settings, functions, store, mirror).add_routes(app.router)
+        ControlAPI(settings, functions, store, mirror, configs).add_routes(app.router)
     app.router.add_route("*", "/2015-03-31/functions/{name}/invocations", _method_not_allowed)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -1,18 +1,19 @@
-"""Functions deployed through the gateway's API (`kambda deploy`), on the local backend only.
+"""Functions made through the gateway's APIs on the local backend: the Lambda control plane's store
+(`control/store.FunctionStore`) and `kambda deploy`'s `PUT /kambda/v1/functions/{name}`.
 
-`PUT /kambda/v1/functions/{name}` takes a Function manifest (JSON) whose code is a package already in the code store
+The deploy route takes a Function manifest (JSON) whose code is a package already in the code store
 (`spec.code.sha256`) or inline files, and serves it from then on; `GET` returns the manifest last deployed. Each
 function is one file, `<data-dir>/functions/<name>.json` (written to a temporary file, fsync'ed, renamed), read at
-start next to the manifests directory's functions, so a deployed function survives a restart.
+start next to the manifests directory's functions, so what the API made survives a restart.
 
 Versions are numbered as the operator numbers them on Kubernetes: a change of the versioned fields
 (`specs.VERSIONED_FIELDS`: code, runtime, memory, ...) publishes version N+1, which `$LATEST` then runs; a change of
 anything else (concurrency, scaling) applies to every version. The newest `retainVersions` are kept. Functions
 defined by the manifests directory are that directory's: deploying over one is a 409.
 
-These routes exist only on the local backend, a developer tool bound to 127.0.0.1 by default, and are, like the
-whole gateway today, unauthenticated. On Kubernetes `kambda deploy` writes the Function object with the user's own
-kubeconfig, so that RBAC decides who may, and the gateway has no write power.
+The deploy route exists only on the local backend (on Kubernetes `kambda deploy` writes the Function object with
+the user's own kubeconfig, so that RBAC decides who may). Like every API route, it is behind SigV4 unless the
+gateway runs anonymously (`--auth`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +73,6 @@ def version_hash(spec: Mapping[str, Any]) -> str:
     """The operator's `version_hash`: the versioned fields, canonically serialised."""
     snapshot = {k: spec[k] for k in specs.VERSIONED_FIELDS if k in spec}
     return hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _now() -> str:
-    return shapes.timestamp(datetime.now(UTC))
 
 
 class Deployments:
@@ -146,8 +142,9 @@ class Deployments:
         def read_all() -> list[tuple[str, dict[str, Any]]]:
             found = []
             for path in sorted(self._root.glob("*.json")):
-                if path.stem not in self._reserved:
-                    found.append((path.stem, json.loads(path.read_text())))
+                record = self._record(path.stem) if path.stem not in self._reserved else None
+                if record is not None:  # None: deleted since the listing (reads do not take the lock)
+                    found.append((path.stem, record))
             return found
 
         return [self._stored(name, record) for name, record in await asyncio.to_thread(read_all)]
@@ -188,14 +185,9 @@ class Deployments:
         self._writable(name)
         async with self._lock:
             record = await self._existing(name)
-            numbers = [str(v["version"]) for v in record["versions"]]
-            if version not in numbers:
-                raise errors.not_found(self._place.function_arn(name, version))
-            if version == numbers[-1]:
-                raise store_api.conflict(f"Version {version} is what $LATEST runs: it can be deleted with the function")
-            for alias, entry in record.get("aliases", {}).items():
-                if version == entry["version"] or version in entry.get("weights", {}):
-                    raise store_api.conflict(f"Alias {alias} routes to version {version}: change the alias first")
+            aliases = [self._alias(name, alias, entry, record) for alias, entry in record.get("aliases", {}).items()]
+            arn = self._place.function_arn(name, version)
+            store_api.check_version_deletable(arn, self._stored(name, record), aliases, version)
             record = {**record, "versions": [v for v in record["versions"] if str(v["version"]) != version]}
             await self._write(name, record)
 
@@ -220,11 +212,7 @@ class Deployments:
             if revision is not None and current_revision is not None and revision != current_revision.revision:
                 raise store_api.revision_mismatch()
             available = [str(v["version"]) for v in record["versions"]]
-            problems = versioning.alias_problems(alias.version, alias.weights, available)
-            if problems:
-                missing = any("does not exist" in p for p in problems)
-                error_type = "ResourceNotFoundException" if missing else "InvalidParameterValueException"
-                raise errors.AWSError(404 if missing else 400, error_type, "; ".join(problems))
+            store_api.check_alias(alias, available)
             generation = (current or {}).get("generation", 0) + 1
             entries[alias.name] = {
                 "version": alias.version, "weights": dict(alias.weights), "description": alias.description,
@@ -248,10 +236,11 @@ class Deployments:
     # ---- records ---------------------------------------------------------------------------------------------
 
     def _record(self, name: str) -> dict[str, Any] | None:
-        path = self._root / f"{name}.json"
-        if not path.is_file():
+        try:
+            text = (self._root / f"{name}.json").read_text()
+        except FileNotFoundError:  # never made, or deleted (a read does not wait for the lock)
             return None
-        record: dict[str, Any] = json.loads(path.read_text())
+        record: dict[str, Any] = json.loads(text)
         return record
 
     async def _existing(self, name: str) -> dict[str, Any]:
@@ -268,11 +257,10 @@ class Deployments:
     def _stored(self, name: str, record: Mapping[str, Any]) -> StoredFunction:
         spec: Mapping[str, Any] = record["manifest"]["spec"]
         uid = record.get("uid", name)
-        shared = {k: v for k, v in spec.items() if k not in specs.VERSIONED_FIELDS}
         versions = tuple(
             StoredVersion(
                 str(v["version"]),
-                {**shared, **v["spec"]},
+                specs.version_spec(spec, v["spec"]),
                 v.get("modified") or record.get("modified") or "",
                 shapes.revision_id(uid, f"v{v['version']}"),
             )
@@ -299,7 +287,7 @@ class Deployments:
         manifest = {"apiVersion": naming.API_VERSION, "kind": "Function",
                     "metadata": {"name": name, "namespace": namespace}, "spec": dict(raw_spec)}  # fmt: skip
         spec = await asyncio.to_thread(self._parse, manifest)  # its runtime may be probed first (a subprocess)
-        now = _now()
+        now = shapes.now()
         record = dict(record or {"versions": [], "aliases": {}, "uid": str(uuid.uuid4()), "generation": 0})
         versions: list[dict[str, Any]] = list(record["versions"])
         digest = version_hash(raw_spec)
@@ -363,10 +351,9 @@ class Deployments:
     def _versions(self, record: Mapping[str, Any]) -> dict[str, FunctionVersion]:
         """Every retained version as the registry serves it, `$LATEST` the newest; each version's code at hand."""
         manifest = record["manifest"]
-        shared = {k: v for k, v in manifest["spec"].items() if k not in specs.VERSIONED_FIELDS}
         built: dict[str, FunctionVersion] = {}
         for entry in record["versions"]:
-            version_manifest = {**manifest, "spec": {**shared, **entry["spec"]}}
+            version_manifest = {**manifest, "spec": specs.version_spec(manifest["spec"], entry["spec"])}
             spec = self._parse(version_manifest)
             code_dir, sha = self._materialise(spec.code)
             opt_dir = self._layers(spec.layers)

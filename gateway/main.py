@@ -281,16 +281,18 @@ def run_local(directory: Path, settings: GatewaySettings, signing_key: bytes | N
 
 
 async def _secret_keys(api: Any, settings: GatewaySettings, tasks: list[asyncio.Task[None]]) -> Keys | None:
-    """The access-key Secrets of the gateway's own namespace, watched (None when authentication is off)."""
+    """The access-keys Secret (`--keys-secret NAMESPACE/NAME`), watched; None when authentication is off."""
     if settings.auth == "none":
         return None
     from .kubekeys import SecretKeys
 
-    namespace = settings.keys_namespace or settings.namespace
-    secrets = SecretKeys(api, namespace)
+    namespace, _, name = settings.keys_secret.rpartition("/")
+    if not name:
+        raise StartError("--keys-secret NAMESPACE/NAME is needed on Kubernetes unless --auth none")
+    secrets = SecretKeys(api, namespace or settings.namespace, name)
     tasks.append(asyncio.create_task(secrets.run(), name="access-keys"))
     await asyncio.wait_for(secrets.synced.wait(), 60)
-    return Keys(secrets, secrets.count, f"Secrets labelled {accesskeys.SECRET_LABEL} in namespace {namespace}")
+    return Keys(secrets, secrets.count, secrets.where)
 
 
 def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:

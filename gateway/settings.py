@@ -49,4 +49,4 @@ class GatewaySettings:
     # API authentication (gateway/auth.py): keys (SigV4 with the data directory's access keys), none (anonymous,
     # announced at start), auto (keys if there is any access key at start, else none).
     auth: str = "auto"
-    keys_namespace: str = ""  # Kubernetes: where the access-key Secrets are ("": the functions' namespace)
+    keys_secret: str = ""  # Kubernetes: the access-keys Secret, NAMESPACE/NAME

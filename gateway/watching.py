@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kubernetes_asyncio import client, watch
@@ -15,7 +15,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kambda import naming
 from kambda.naming import ALIASES, FUNCTIONS, GROUP, VERSION
-from kambda.specs import VERSIONED_FIELDS, SpecError, parse_function
+from kambda.specs import SpecError, parse_function, version_spec
 
 from .registry import FunctionVersion, Registry
 
@@ -29,7 +29,7 @@ class Watcher:
         self._apps = client.AppsV1Api(api)
         self._registry = registry
         self._namespace = namespace
-        self._snapshots: dict[tuple[str, str, str], dict[str, Any]] = {}  # (ns, fn, version) -> versioned spec
+        self._snapshots: dict[tuple[str, str], dict[str, Any]] = {}  # (Function uid, version) -> versioned spec
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
@@ -79,11 +79,12 @@ class Watcher:
         if kind == "DELETED":
             self._registry.remove(namespace, name)
             return
+        uid = str(meta.get("uid", ""))
         status = body.get("status") or {}
         versions: dict[str, FunctionVersion] = {}
         for entry in status.get("versions") or []:
             number = str(entry["version"])
-            snapshot = await self._snapshot(namespace, name, number)
+            snapshot = await self._snapshot(namespace, name, number, uid)
             if snapshot is None:
                 continue
             manifest = {
@@ -101,8 +102,11 @@ class Watcher:
             versions[naming.LATEST] = versions[latest]  # $LATEST runs the newest version's Deployment
         self._registry.replace_function(namespace, name, versions)
 
-    async def _snapshot(self, namespace: str, function: str, version: str) -> dict[str, Any] | None:
-        key = (namespace, function, version)
+    async def _snapshot(self, namespace: str, function: str, version: str, uid: str) -> dict[str, Any] | None:
+        """The version's versioned spec, from its ControllerRevision if the Function `uid` owns it: one deleted and
+        made again under the same name must not run the old one's version N (cached by uid, so neither does it
+        from the cache)."""
+        key = (uid, version)
         if key not in self._snapshots:
             try:
                 revision = await self._apps.read_namespaced_controller_revision(f"{function}-v{version}", namespace)
@@ -110,6 +114,8 @@ class Watcher:
                 if exc.status == 404:
                     return None
                 raise
+            if not any(o.uid == uid for o in revision.metadata.owner_references or []):
+                return None  # the old function's, not yet collected: the operator makes this one's
             self._snapshots[key] = dict((revision.data or {}).get("spec") or {})
         return self._snapshots[key]
 
@@ -122,10 +128,3 @@ class Watcher:
             self._registry.remove_alias(meta["namespace"], function, alias)
         else:
             self._registry.put_alias(meta["namespace"], function, alias, {str(k): float(v) for k, v in routing.items()})
-
-
-def version_spec(function_spec: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
-    """A version's spec: the function's own settings (scaling, concurrency, async) from its current spec, every
-    versioned field from the version's snapshot only (a field added in a later version must not leak into it)."""
-    shared = {k: v for k, v in function_spec.items() if k not in VERSIONED_FIELDS}
-    return {**shared, **snapshot}

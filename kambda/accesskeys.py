@@ -3,15 +3,18 @@ do (kambda/policies.py). The gateway verifies SigV4 signatures with the secret (
 the request with the policies.
 
 On the local backend the keys are one JSON file under the data directory (`access-keys.json`, mode 0600, replaced
-atomically), written by `kambda keys create|rm` and re-read by a running gateway when it changes. On Kubernetes each
-key is a Secret in the platform's namespace labelled `kambda.dev/access-key` (`secret_data`/`from_secret`), made by
-the chart (an administrator's) or `kambda keys create --kubernetes`, and watched by the gateways. Key ids and
+atomically), written by `kambda keys create|rm` and re-read by a running gateway when it changes. On Kubernetes the
+keys are the entries of one Secret in the platform's namespace, `<release>-access-keys` (labelled
+`kambda.dev/access-keys`): entry name the key id, value `secret_entry(key)`. The chart makes it with an
+administrator's key, `kambda keys create --kubernetes` adds entries, and the gateways watch it. One Secret, so that
+the gateway's RBAC names exactly it and can read no other Secret. Key ids and
 secrets look like AWS's (`AKIA` + 16 characters, 40-character secrets), so SDKs and the AWS CLI take them as they
 are.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -33,7 +36,7 @@ ALLOW_ALL: dict[str, Any] = {
 }
 
 
-SECRET_LABEL = "kambda.dev/access-key"  # a Secret that is an access key, and its name (the label's value)
+SECRET_LABEL = "kambda.dev/access-keys"  # the Secret that holds a Kubernetes installation's access keys
 
 
 class KeyStoreError(Exception):
@@ -54,23 +57,36 @@ class AccessKey:
                 "Policies": list(self.policies)}  # fmt: skip
 
 
-def secret_data(key: AccessKey) -> dict[str, str]:
-    """An access key as a Kubernetes Secret's `stringData`."""
-    return {"accessKeyId": key.access_key_id, "secretAccessKey": key.secret_access_key, "name": key.name,
-            "policies": json.dumps(list(key.policies)), "created": str(int(key.created))}  # fmt: skip
+def secret_entry(key: AccessKey) -> str:
+    """An access key as the value of its entry (named by its id) in the access-keys Secret."""
+    return json.dumps({"secretAccessKey": key.secret_access_key, "name": key.name, "policies": list(key.policies),
+                       "created": int(key.created)})  # fmt: skip
 
 
-def from_secret(data: Mapping[str, str]) -> AccessKey:
-    """The key a Secret's (decoded) data holds; KeyStoreError naming what is missing or malformed. A Secret without
-    `policies` is an administrator's (lambda:* and kambda:*), as a key made without --policy is."""
+def from_secret_entry(access_key_id: str, value: str) -> AccessKey:
+    """The key an entry holds; KeyStoreError naming what is wrong. An entry without `policies` is an
+    administrator's (lambda:* and kambda:*), as a key made without --policy is."""
     try:
-        policies = json.loads(data["policies"]) if data.get("policies") else [ALLOW_ALL]
+        entry = json.loads(value)
+        policies = entry.get("policies") or [ALLOW_ALL]
         if not isinstance(policies, list) or not all(isinstance(p, Mapping) for p in policies):
             raise ValueError("policies must be a JSON list of policy documents")
-        return AccessKey(data["accessKeyId"], data["secretAccessKey"], data.get("name", ""), tuple(policies),
-                         float(data.get("created") or 0))  # fmt: skip
-    except (KeyError, ValueError) as exc:
-        raise KeyStoreError(f"not an access-key Secret ({exc})") from None
+        return AccessKey(access_key_id, str(entry["secretAccessKey"]), str(entry.get("name", "")), tuple(policies),
+                         float(entry.get("created") or 0))  # fmt: skip
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise KeyStoreError(f"access key {access_key_id}: not a kambda access-key entry ({exc})") from None
+
+
+def from_secret(data: Mapping[str, str] | None) -> dict[str, AccessKey]:
+    """Every key of the access-keys Secret's `data` (base64 values, as the API server gives them); an entry that
+    is not one is left out, and named in the log by the caller's KeyStoreError handling."""
+    keys = {}
+    for key_id, encoded in (data or {}).items():
+        try:
+            keys[key_id] = from_secret_entry(key_id, base64.b64decode(encoded).decode())
+        except (KeyStoreError, ValueError):
+            continue
+    return keys
 
 
 def new_key(name: str, policies: tuple[Mapping[str, Any], ...]) -> AccessKey:

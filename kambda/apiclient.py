@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+from . import signing
+
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 
@@ -23,8 +25,7 @@ def client(endpoint: str) -> Any:
     signed = botocore.session.Session().get_credentials() is not None
     config = Config(retries={"total_max_attempts": 1}, read_timeout=120,
                     **({} if signed else {"signature_version": UNSIGNED}))  # fmt: skip
-    return boto3.client("lambda", endpoint_url=endpoint, config=config,
-                        region_name=boto3.session.Session().region_name or "us-east-1")  # fmt: skip
+    return boto3.client("lambda", endpoint_url=endpoint, config=config, region_name=signing.region())
 
 
 def _weights(items: list[str] | None) -> dict[str, Any]:
@@ -33,8 +34,15 @@ def _weights(items: list[str] | None) -> dict[str, Any]:
     weights = {}
     for item in items:
         version, _, weight = item.partition("=")
-        weights[version] = float(weight)
+        try:
+            weights[version] = float(weight)
+        except ValueError:
+            raise UsageError(f"--weight {item!r}: VERSION=SHARE, e.g. 1=0.1") from None
     return {"RoutingConfig": {"AdditionalVersionWeights": weights}}
+
+
+class UsageError(ValueError):
+    """A command line the API cannot be asked with."""
 
 
 def _all(lam: Any, operation: str, key: str, **kwargs: Any) -> list[Any]:
@@ -79,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         answer = _call(args)
-    except ParamValidationError as exc:
+    except (ParamValidationError, UsageError) as exc:
         print(f"kambda {args.command} {args.action}: {exc}", file=sys.stderr)
         return 2
     except ClientError as exc:

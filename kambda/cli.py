@@ -51,7 +51,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         status_max_bytes=int(args.status_max_mb * 1024 * 1024),
         image_runtimes=tuple(runtime for runtime, _ in map(_runtime_image, args.runtime_image_for or ())),
         auth=args.auth,
-        keys_namespace=args.keys_namespace,
+        keys_secret=args.keys_secret,
     )
 
 
@@ -383,8 +383,8 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     _runtime_image_argument(parser, "Kubernetes: a runtime the operator has an image for (it lists the runtimes)")
     parser.add_argument("--auth", choices=("auto", "keys", "none"), default="auto",
                         help="SigV4 with `kambda keys` (keys), anonymous (none), keys if any exist (auto)")  # fmt: skip
-    parser.add_argument("--keys-namespace", default="",
-                        help="Kubernetes: the namespace of the access-key Secrets (default: functions')")  # fmt: skip
+    parser.add_argument("--keys-secret", default="", metavar="NAMESPACE/NAME",
+                        help="Kubernetes: the Secret whose entries are the access keys (the chart's)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,16 @@ DELETE_VERSIONS_ANNOTATION = f"{GROUP}/delete-versions"
 # A function pod's termination message starts with this when its agent refused the code (a hash that does not
 # match, an unsafe or oversized zip): the operator puts the rest on the Function's status.
 CODE_REFUSED = "CodeRefused"
+# The Function's Ready=False reasons that mean its spec cannot run as it is (the operator sets them; the Lambda API
+# reports them as State/LastUpdateStatus Failed). Others (a version still on its way) are transient.
+INVALID_SPEC, UNSUPPORTED_CODE, UNSUPPORTED_RUNTIME, NO_CODE_STORE = (
+    "InvalidSpec", "UnsupportedCode", "UnsupportedRuntime", "NoCodeStore",
+)  # fmt: skip
+FAILED_REASONS = frozenset({INVALID_SPEC, UNSUPPORTED_CODE, UNSUPPORTED_RUNTIME, NO_CODE_STORE, CODE_REFUSED})
+# When the Lambda API last changed a Function (its LastModified); kubectl's changes keep the previous one.
+LAST_MODIFIED_ANNOTATION = f"{GROUP}/last-modified"
+# The label every object of a function carries (its Deployments, ControllerRevisions, pods): the Function's name.
+FUNCTION_LABEL = f"{GROUP}/function"
 # botocore's FunctionName pattern with the parts we need captured. Patterns here are only ever used with
 # `fullmatch`: `$` would also match before a trailing newline, so `echo\n` would name `echo`.
 _FUNCTION_REF = re.compile(

@@ -1,12 +1,11 @@
-"""`kambda keys --kubernetes NAMESPACE`: access keys as Secrets labelled `kambda.dev/access-key` in the platform's
-namespace, made and removed with the user's own kubeconfig (so RBAC decides who may), and picked up by every
-gateway's watch at once (gateway/kubekeys.py)."""
+"""`kambda keys --kubernetes NAMESPACE`: the access keys of the platform installed in NAMESPACE, entries of its
+access-keys Secret (found by its label `kambda.dev/access-keys`), changed with the user's own kubeconfig (so RBAC
+decides who may) and picked up by every gateway's watch at once (gateway/kubekeys.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,21 +14,6 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from . import accesskeys, kubeconfig
 
-_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
-
-
-def secret_name(access_key_id: str) -> str:
-    return f"kambda-key-{access_key_id.lower()}"
-
-
-def secret_manifest(key: accesskeys.AccessKey) -> dict[str, Any]:
-    label = key.name if _LABEL_VALUE.fullmatch(key.name) else "key"
-    return {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": secret_name(key.access_key_id), "labels": {accesskeys.SECRET_LABEL: label}},
-        "stringData": accesskeys.secret_data(key),
-    }  # fmt: skip
-
 
 class SecretKeyStore:
     """The same three operations as `accesskeys.KeyFile`, against the cluster (blocking: a CLI's)."""
@@ -37,38 +21,38 @@ class SecretKeyStore:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
 
-    async def _call(self, op: str, *args: Any) -> Any:
+    async def _secret(self, core: client.CoreV1Api) -> Any:
+        listing = await core.list_namespaced_secret(self.namespace, label_selector=accesskeys.SECRET_LABEL)
+        if len(listing.items) != 1:
+            raise accesskeys.KeyStoreError(
+                f"expected one Secret labelled {accesskeys.SECRET_LABEL} in namespace {self.namespace} (the "
+                f"platform's, made by its chart), found {len(listing.items)}"
+            )
+        return listing.items[0]
+
+    async def _run(self, change: dict[str, str | None] | None) -> dict[str, accesskeys.AccessKey]:
+        """The keys, after `change` (entry -> base64 value, None removes it) was merged into the Secret."""
         await kubeconfig.load()
         async with client.ApiClient() as api:
             core = client.CoreV1Api(api)
             try:
-                if op == "list_namespaced_secret":
-                    return await core.list_namespaced_secret(args[0], label_selector=args[1])
-                return await getattr(core, op)(*args)
+                secret = await self._secret(core)
+                if change:
+                    secret = await core.patch_namespaced_secret(secret.metadata.name, self.namespace, {"data": change})
             except ApiException as exc:
-                if exc.status == 404 and op == "delete_namespaced_secret":
-                    raise accesskeys.KeyStoreError(f"no access key {args[0]} in namespace {self.namespace}") from None
                 raise accesskeys.KeyStoreError(f"the API server refused ({exc.status}): {exc.reason}") from None
+        return accesskeys.from_secret(secret.data)
 
     def keys(self) -> dict[str, accesskeys.AccessKey]:
-        listing = asyncio.run(self._call("list_namespaced_secret", self.namespace, accesskeys.SECRET_LABEL))
-        found = {}
-        for secret in listing.items:
-            try:
-                key = accesskeys.from_secret(_decoded(secret.data))
-            except accesskeys.KeyStoreError:
-                continue
-            found[key.access_key_id] = key
-        return found
+        return asyncio.run(self._run(None))
 
     def create(self, name: str, policies: tuple[Mapping[str, Any], ...]) -> accesskeys.AccessKey:
         key = accesskeys.new_key(name, policies)
-        asyncio.run(self._call("create_namespaced_secret", self.namespace, secret_manifest(key)))
+        value = base64.b64encode(accesskeys.secret_entry(key).encode()).decode()
+        asyncio.run(self._run({key.access_key_id: value}))
         return key
 
     def remove(self, access_key_id: str) -> None:
-        asyncio.run(self._call("delete_namespaced_secret", secret_name(access_key_id), self.namespace))
-
-
-def _decoded(data: Mapping[str, str] | None) -> dict[str, str]:
-    return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
+        if access_key_id not in self.keys():
+            raise accesskeys.KeyStoreError(f"no access key {access_key_id} in namespace {self.namespace}")
+        asyncio.run(self._run({access_key_id: None}))

@@ -26,7 +26,8 @@ def _credentials() -> Any:
     return None if credentials is None else credentials.get_frozen_credentials()
 
 
-def _region() -> str:
+def region() -> str:
+    """The region requests are signed for: the environment's, as the AWS CLI reads it, else us-east-1."""
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
@@ -47,5 +48,5 @@ def headers(
         signed["X-Amz-Content-SHA256"] = payload_sha256
     request = AWSRequest(method=method, url=url, data=b"" if payload_sha256 is not None else body or b"",
                          headers=signed)  # fmt: skip
-    SigV4Auth(credentials, SERVICE, _region()).add_auth(request)
+    SigV4Auth(credentials, SERVICE, region()).add_auth(request)
     return dict(request.headers.items())

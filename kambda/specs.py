@@ -46,6 +46,7 @@ VERSIONED_FIELDS = (
 )  # fmt: skip
 MAX_LAYERS = 5  # Lambda's limit per function
 MAX_TAGS = 50
+TAG_KEY_RE = re.compile(r"[\w\s.:/=+@-]{1,128}\Z")
 
 # Validating patterns are used with `fullmatch` and end in \Z: `$` also matches before a trailing newline.
 NAME_RE = re.compile(r"[a-zA-Z0-9-_]{1,64}\Z")
@@ -345,7 +346,8 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
 
 
 def _parse_tags(r: _Reader, spec: Mapping[str, Any]) -> Mapping[str, str]:
-    """Lambda's tags: at most 50 string pairs, keys up to 128 characters, values up to 256."""
+    """Lambda's tags: at most 50 string pairs; keys of 1-128 letters, digits, spaces or _.:/=+-@, not starting with
+    the reserved aws:; values up to 256 characters."""
     raw = r.mapping(spec, "tags", "spec")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         r.fail("spec.tags", "must map strings to strings")
@@ -353,8 +355,12 @@ def _parse_tags(r: _Reader, spec: Mapping[str, Any]) -> Mapping[str, str]:
     if len(raw) > MAX_TAGS:
         r.fail("spec.tags", f"at most {MAX_TAGS} tags")
     for key, value in raw.items():
-        if not 1 <= len(key) <= 128 or len(value) > 256:
-            r.fail(f"spec.tags.{key}", "keys are 1-128 characters, values at most 256")
+        if not TAG_KEY_RE.fullmatch(key):
+            r.fail(f"spec.tags.{key}", "a key is 1-128 letters, digits, spaces or _.:/=+-@")
+        elif key.lower().startswith("aws:"):
+            r.fail(f"spec.tags.{key}", "the aws: prefix is reserved")
+        if len(value) > 256:
+            r.fail(f"spec.tags.{key}", "a value is at most 256 characters")
     return dict(raw)
 
 
@@ -508,3 +514,10 @@ def _destination(r: _Reader, asy: Mapping[str, Any], key: str) -> str | None:
         r.fail(f"spec.async.{key}", "must be a function name")
         return None
     return value
+
+
+def version_spec(function_spec: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """A version's spec: the function's own settings (scaling, concurrency, async) from its current spec, every
+    versioned field from the version's snapshot only (a field added in a later version must not leak into it)."""
+    shared = {k: v for k, v in function_spec.items() if k not in VERSIONED_FIELDS}
+    return {**shared, **snapshot}

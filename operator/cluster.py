@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kambda import naming
 from kambda.naming import ALIASES, FUNCTIONS, GROUP, VERSION
 
 APPLIED_HASH = "kambda.dev/applied-hash"
@@ -63,11 +64,13 @@ class Cluster:
             ),
         }[kind]  # fmt: skip
 
-    async def revisions(self, namespace: str, function: str) -> list[Any]:
+    async def revisions(self, namespace: str, function: str, uid: str) -> list[Any]:
+        """The versions of the Function `uid`: by owner, since one deleted and made again under the same name may
+        still have revisions of the old one (garbage collection runs in the background)."""
         result = await self.apps.list_namespaced_controller_revision(
-            namespace, label_selector=f"kambda.dev/function={function}"
+            namespace, label_selector=f"{naming.FUNCTION_LABEL}={function}"
         )
-        return list(result.items)
+        return [r for r in result.items if any(o.uid == uid for o in r.metadata.owner_references or [])]
 
     async def delete_version(self, namespace: str, function: str, version: int) -> None:
         name = f"{function}-v{version}"

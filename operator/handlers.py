@@ -19,16 +19,18 @@ from . import resources, versioning
 from .cluster import Cluster
 
 
-def _condition(ready: bool, reason: str, message: str) -> list[dict[str, str]]:
+def _condition(ready: bool, reason: str, message: str, generation: int | None) -> list[dict[str, Any]]:
+    """The Ready condition, with the generation it is about: a failure of generation 3 says nothing of 4 (the
+    Lambda API reports 4 as in progress until the operator has judged it)."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return [
         {"type": "Ready", "status": "True" if ready else "False", "reason": reason, "message": message,
-         "lastTransitionTime": now}
+         "lastTransitionTime": now, "observedGeneration": generation}
     ]  # fmt: skip
 
 
 def _not_ready(patch: kopf.Patch, body: kopf.Body, reason: str, message: str) -> None:
-    patch.status["conditions"] = _condition(False, reason, message)
+    patch.status["conditions"] = _condition(False, reason, message, body.get("metadata", {}).get("generation"))
     kopf.warn(body, reason=reason, message=message)
 
 
@@ -55,26 +57,26 @@ async def reconcile_function(
     try:
         fn = parse_function(manifest)
     except SpecError as exc:
-        _not_ready(patch, body, "InvalidSpec", "; ".join(exc.errors))
+        _not_ready(patch, body, naming.INVALID_SPEC, "; ".join(exc.errors))
         raise kopf.PermanentError(str(exc)) from None
     if fn.code.path is not None:
         what = "code.path is a directory on the local backend's host: `kambda deploy DIR` packages and uploads it"
-        _not_ready(patch, body, "UnsupportedCode", what)
+        _not_ready(patch, body, naming.UNSUPPORTED_CODE, what)
         raise kopf.PermanentError(what)
     if fn.code.image is None and settings.image_for(fn.runtime) is None:
         what = f"runtime {fn.runtime} is not offered by this installation; it offers {', '.join(settings.offered())}"
-        _not_ready(patch, body, "UnsupportedRuntime", what)
+        _not_ready(patch, body, naming.UNSUPPORTED_RUNTIME, what)
         raise kopf.PermanentError(what)
     if resources.needs_code_store(fn) and settings.code_store is None:
         what = "code.sha256 or layers name packages in the code store, but this operator knows no code store"
-        _not_ready(patch, body, "NoCodeStore", what + " (--gateway-service or --code-store-url)")
+        _not_ready(patch, body, naming.NO_CODE_STORE, what + " (--gateway-service or --code-store-url)")
         raise kopf.PermanentError(what)
 
     owner = resources.owner(body)
     await cluster.ensure(resources.credential_secret(fn, owner, settings), replace=True)
     await cluster.ensure(resources.network_policy(fn, owner, settings), replace=True)
 
-    revisions = await cluster.revisions(namespace, name)
+    revisions = await cluster.revisions(namespace, name, str(meta.get("uid", "")))
     known = [
         versioning.Revision(int(r.revision), (r.metadata.annotations or {}).get(resources.ANNOTATION_HASH, ""))
         for r in revisions
@@ -92,10 +94,15 @@ async def reconcile_function(
         known.append(versioning.Revision(number, resources.version_hash(raw_spec)))
 
     routed = await _routed_versions(cluster, namespace, name)
-    requested = versioning.requested_deletions((meta.get("annotations") or {}).get(naming.DELETE_VERSIONS_ANNOTATION))
+    asked = (meta.get("annotations") or {}).get(naming.DELETE_VERSIONS_ANNOTATION)
+    requested = versioning.requested_deletions(asked)
     for old in versioning.versions_to_delete([r.version for r in known], routed, fn.retain_versions, requested):
         await cluster.delete_version(namespace, name, old)
         known = [r for r in known if r.version != old]
+    if asked is not None:
+        # What could not go (the newest, or routed to) stays asked for; what is gone is no longer.
+        remaining = sorted(set(requested) & {r.version for r in known})
+        patch.metadata.annotations[naming.DELETE_VERSIONS_ANNOTATION] = ",".join(map(str, remaining)) or None
 
     patch.status["latestVersion"] = version
     patch.status["versions"] = [
@@ -103,7 +110,9 @@ async def reconcile_function(
     ]
     patch.status["observedGeneration"] = meta.get("generation")
     patch.status["instances"] = await cluster.ready_replicas(namespace, name)
-    patch.status["conditions"] = _condition(True, "Reconciled", f"version {version} is deployed")
+    patch.status["conditions"] = _condition(
+        True, "Reconciled", f"version {version} is deployed", meta.get("generation")
+    )
 
 
 async def _routed_versions(cluster: Cluster, namespace: str, function: str) -> set[int]:
@@ -153,7 +162,9 @@ async def reconcile_alias(
     dropped = {v: None for v in (status.get("routing") or {}) if v not in routing}
     patch.status["function"] = function
     patch.status["routing"] = {**dropped, **routing}
-    patch.status["conditions"] = _condition(True, "Routed", f"{function}: {routing}")
+    patch.status["conditions"] = _condition(
+        True, "Routed", f"{function}: {routing}", body.get("metadata", {}).get("generation")
+    )
 
 
 @kopf.on.event("", "v1", "pods", labels={resources.LABEL_COMPONENT: "function"})
@@ -176,6 +187,8 @@ async def function_pod_changed(*, body: kopf.Body, namespace: str | None, memo: 
     if current.get("reason") == naming.CODE_REFUSED and current.get("message") == message:
         return  # every restart of the crash-looping pod repeats the same words
     await cluster.patch_function_status(
-        namespace, function, {"conditions": _condition(False, naming.CODE_REFUSED, message)}
+        namespace,
+        function,
+        {"conditions": _condition(False, naming.CODE_REFUSED, message, fn.get("metadata", {}).get("generation"))},
     )
     kopf.warn(cast(kopf.Body, fn), reason=naming.CODE_REFUSED, message=message)  # a dict works as a Body

@@ -16,7 +16,7 @@ from typing import Any
 from kambda import credentials, logconfig, naming
 from kambda.specs import DEFAULT_IMAGE_RUNTIMES, VERSIONED_FIELDS, FunctionSpec, image_runtimes
 
-LABEL_FUNCTION = "kambda.dev/function"
+LABEL_FUNCTION = naming.FUNCTION_LABEL
 LABEL_VERSION = "kambda.dev/version"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_HASH = "kambda.dev/version-hash"

@@ -20,6 +20,7 @@ from .. import auth, errors
 from ..codemirror import ObjectStoreMirror
 from ..codestore import CodeStore
 from ..connections import read_body
+from ..invoke_configs import InvokeConfigs
 from ..settings import GatewaySettings
 from . import operations, shapes
 from .store import Change, FunctionStore, StoredAlias, StoredFunction, StoredVersion, revision_mismatch
@@ -32,20 +33,21 @@ _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "ar
 
 class ControlAPI:
     def __init__(
-        self, settings: GatewaySettings, store: FunctionStore, code: CodeStore, mirror: ObjectStoreMirror | None
-    ) -> None:
+        self, settings: GatewaySettings, store: FunctionStore, code: CodeStore, mirror: ObjectStoreMirror | None,
+        configs: InvokeConfigs,
+    ) -> None:  # fmt: skip
         self._settings = settings
+        self._configs = configs  # a deleted function's event-invoke config goes with it, as on Lambda
         self._store = store
         self._packages = code
         self._mirror = mirror
-        self._place = shapes.Place(settings.region, settings.account_id)
         self._machine = _ARCH.get(platform.machine(), platform.machine())
+        self._place = shapes.Place(settings.region, settings.account_id, self._machine)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         for op in operations.OPERATIONS:
-            handler: Handler | None = getattr(self, _snake(op.name), None)
-            if handler is not None:
-                router.add_route(op.method, op.template, handler)
+            handler: Handler = getattr(self, _snake(op.name))  # every operation has its handler
+            router.add_route(op.method, op.template, handler)
 
     # ---- helpers ---------------------------------------------------------------------------------------------
 
@@ -97,11 +99,12 @@ class ControlAPI:
         return shapes.Code(manifests.files_sha256(files), sum(len(v) for v in files.values()))
 
     async def _layer_sizes(self, spec: Mapping[str, Any]) -> dict[str, int]:
-        return {
-            layer["sha256"]: self._packages.size(layer["sha256"]) or 0
-            for layer in spec.get("layers") or []
-            if specs.SHA256_RE.fullmatch(str(layer.get("sha256", "")))
-        }
+        sizes = {}
+        for layer in spec.get("layers") or []:
+            sha = str(layer.get("sha256", ""))
+            if specs.SHA256_RE.fullmatch(sha):
+                sizes[sha] = (await self._code({"code": {"sha256": sha}})).size
+        return sizes
 
     async def _config(
         self, fn: StoredFunction, version: StoredVersion | None, arn_qualifier: str | None = None
@@ -132,17 +135,14 @@ class ControlAPI:
 
     async def _store_zip(self, data: bytes) -> str:
         if len(data) > packages.MAX_ZIPPED:
-            raise errors.AWSError(
-                413, "RequestEntityTooLargeException",
-                f"Zipped size must be smaller than {packages.MAX_ZIPPED} bytes", )  # fmt: skip
+            raise errors.too_large(f"Zipped size must be smaller than {packages.MAX_ZIPPED} bytes")
         try:
             stored = await asyncio.to_thread(self._packages.put, data)
         except packages.PackageError as exc:
             raise errors.invalid_parameter(f"Could not unzip uploaded file. Please check your file: {exc}") from None
         if self._mirror is not None:
             await self._mirror.publish(stored.sha256)
-        sha: str = stored.sha256
-        return sha
+        return str(stored.sha256)
 
     def _checked(self, name: str, change: Change = lambda spec: spec) -> Change:
         """`change`, followed by the manifest parser's checks of its result (a spec the store would refuse)."""
@@ -179,7 +179,7 @@ class ControlAPI:
         tags = shapes.string_map(body, "Tags")
         if tags:
             auth.require(request, "lambda:TagResource", self._place.function_arn(name))  # as AWS asks
-            spec["tags"] = shapes.tags(tags)
+            spec["tags"] = tags  # checked with the rest of the spec
         sha = await self._store_zip(change.zip_file) if change.zip_file is not None else None
         spec["code"] = shapes.code_spec(change, sha)
         shapes.check_spec(name, self._settings.namespace, spec)
@@ -221,13 +221,17 @@ class ControlAPI:
         every = request.query.get("FunctionVersion")
         if every not in (None, "ALL"):
             raise errors.invalid_parameter("FunctionVersion must be ALL")
-        configs = []
+        listed: list[tuple[str, StoredFunction, StoredVersion | None]] = []
         for fn in await self._store.functions():
-            configs.append(await self._config(fn, None))
+            listed.append((shapes.version_key(fn.name, naming.LATEST), fn, None))
             if every == "ALL":
-                configs.extend([await self._config(fn, v) for v in fn.versions])
-        chunk, marker = shapes.page(configs, request.query.get("Marker"), request.query.get("MaxItems"))
-        return web.json_response({"Functions": chunk, **({"NextMarker": marker} if marker else {})})
+                listed.extend((shapes.version_key(fn.name, v.number), fn, v) for v in fn.versions)
+        listed.sort(key=lambda item: item[0])
+        chunk, marker = shapes.page(
+            [k for k, _, _ in listed], request.query.get("Marker"), request.query.get("MaxItems")
+        )
+        configs = [await self._config(fn, version) for _, fn, version in listed[chunk]]
+        return web.json_response({"Functions": configs, **({"NextMarker": marker} if marker else {})})
 
     async def update_function_code(self, request: web.Request) -> web.StreamResponse:
         ref = self._ref(request)
@@ -277,6 +281,7 @@ class ControlAPI:
             await self._store.delete_version(ref.name, ref.qualifier)
         else:
             await self._store.delete(ref.name)
+            await asyncio.to_thread(self._configs.delete, ref.name)
         return web.Response(status=204)
 
     # ---- versions --------------------------------------------------------------------------------------------
@@ -295,14 +300,20 @@ class ControlAPI:
             )
         shapes.string(body, "Description", max_len=256)
         fn = await self._store.published(ref.name)
+        # Checked again on what was published: a change between the first check and the publish must not slip in.
+        self._check_revision(shapes.string(body, "RevisionId"), fn.revision)
+        if expected is not None and fn.newest is not None and (await self._code(fn.newest.spec)).sha256 != expected:
+            raise revision_mismatch()
         return web.json_response(await self._config(fn, fn.newest), status=201)
 
     async def list_versions_by_function(self, request: web.Request) -> web.StreamResponse:
         ref = self._ref(request)
         fn = await self._store.function(ref.name)
-        configs = [await self._config(fn, None), *[await self._config(fn, v) for v in fn.versions]]
-        chunk, marker = shapes.page(configs, request.query.get("Marker"), request.query.get("MaxItems"))
-        return web.json_response({"Versions": chunk, **({"NextMarker": marker} if marker else {})})
+        versions: list[StoredVersion | None] = [None, *fn.versions]
+        keys = [shapes.version_key(fn.name, naming.LATEST if v is None else v.number) for v in versions]
+        chunk, marker = shapes.page(keys, request.query.get("Marker"), request.query.get("MaxItems"))
+        configs = [await self._config(fn, v) for v in versions[chunk]]
+        return web.json_response({"Versions": configs, **({"NextMarker": marker} if marker else {})})
 
     # ---- aliases ---------------------------------------------------------------------------------------------
 
@@ -358,10 +369,12 @@ class ControlAPI:
         wanted = request.query.get("FunctionVersion")
         if wanted is not None:
             aliases = [a for a in aliases if a.version == wanted or wanted in a.weights]
+        aliases = sorted(aliases, key=lambda a: a.name)
         chunk, marker = shapes.page(
-            [self._alias_json(a) for a in aliases], request.query.get("Marker"), request.query.get("MaxItems")
+            [a.name for a in aliases], request.query.get("Marker"), request.query.get("MaxItems")
         )
-        return web.json_response({"Aliases": chunk, **({"NextMarker": marker} if marker else {})})
+        configs = [self._alias_json(a) for a in aliases[chunk]]
+        return web.json_response({"Aliases": configs, **({"NextMarker": marker} if marker else {})})
 
     # ---- concurrency -----------------------------------------------------------------------------------------
 
@@ -410,6 +423,26 @@ class ControlAPI:
         await self._set_reserved(self._ref(request).name, None)
         return web.Response(status=204)
 
+    # ---- provisioned concurrency: not per qualifier yet ------------------------------------------------------
+
+    async def put_provisioned_concurrency_config(self, request: web.Request) -> web.StreamResponse:
+        raise errors.invalid_parameter(
+            "Provisioned concurrency configs per version or alias are not supported yet; a Function's "
+            "spec.concurrency.provisioned keeps instances of each of its versions initialised"
+        )
+
+    async def get_provisioned_concurrency_config(self, request: web.Request) -> web.StreamResponse:
+        ref = self._ref(request, qualifier=True)
+        await self._store.function(ref.name)
+        arn = self._place.function_arn(ref.name, ref.qualifier)
+        raise errors.AWSError(
+            404, "ProvisionedConcurrencyConfigNotFoundException",
+            f"No Provisioned Concurrency Config found for this function: {arn}",
+        )  # fmt: skip
+
+    async def delete_provisioned_concurrency_config(self, request: web.Request) -> web.StreamResponse:
+        return await self.get_provisioned_concurrency_config(request)
+
     async def get_account_settings(self, request: web.Request) -> web.StreamResponse:
         functions = await self._store.functions()
         reserved = sum(int((fn.spec.get("concurrency") or {}).get("reserved") or 0) for fn in functions)
@@ -443,10 +476,9 @@ class ControlAPI:
         new = shapes.string_map(body, "Tags")
         if new is None:
             raise errors.invalid_parameter("Tags is required")
-        shapes.tags(new)
 
         def change(spec: Mapping[str, Any]) -> Mapping[str, Any]:
-            return {**spec, "tags": shapes.tags({**(spec.get("tags") or {}), **new})}
+            return {**spec, "tags": {**(spec.get("tags") or {}), **new}}
 
         await self._store.update(name, self._checked(name, change))
         return web.Response(status=204)

@@ -18,10 +18,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -33,16 +35,20 @@ from kambda.operator import versioning
 
 from .. import errors
 from ..registry import Registry
-from ..watching import version_spec
 from . import shapes
-from .store import Change, StoredAlias, StoredFunction, StoredVersion, conflict, revision_mismatch
+from .store import (
+    Change,
+    StoredAlias,
+    StoredFunction,
+    StoredVersion,
+    check_alias,
+    check_version_deletable,
+    conflict,
+    revision_mismatch,
+)  # fmt: skip
 
-ANNOTATION_MODIFIED = f"{GROUP}/last-modified"
 WRITE_ATTEMPTS = 5
 PUBLISH_TIMEOUT = 60.0  # how long PublishVersion waits for the operator
-_FAILED_REASONS = frozenset(
-    {"InvalidSpec", "UnsupportedCode", "UnsupportedRuntime", "NoCodeStore", naming.CODE_REFUSED}
-)
 
 
 def _when(text: str | None) -> str:
@@ -51,22 +57,37 @@ def _when(text: str | None) -> str:
     return shapes.timestamp(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
-def status_of(obj: Mapping[str, Any], served: bool) -> shapes.Status:
-    """Lambda's State and LastUpdateStatus from a Function's status (pure): `served` is whether this gateway
-    routes to its newest version."""
+def alias_object_name(function: str, alias: str) -> str:
+    """The Alias object the Lambda API makes: `{function}.{alias}`, or, for an alias name Kubernetes does not take
+    as is (capitals, underscores), a lower-cased one made unique by a digest of the real name (kept in spec.name)."""
+    if specs.K8S_NAME_RE.fullmatch(alias):
+        return f"{function}.{alias}"
+    readable = re.sub(r"[^a-z0-9-]+", "-", alias.lower()).strip("-") or "alias"
+    return f"{function}.{readable[:40]}-{hashlib.sha256(alias.encode()).hexdigest()[:10]}"
+
+
+def status_of(obj: Mapping[str, Any], *, routable: bool, served: bool) -> shapes.Status:
+    """Lambda's State and LastUpdateStatus from a Function's status (pure). `routable`: this gateway can route to
+    some version of it; `served`: to its newest version.
+
+    A failure counts for the generation it was found in only: a fix (a newer generation) is in progress until the
+    operator has judged it."""
     meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    generation = meta.get("generation")
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     has_version = bool(status.get("latestVersion"))
-    current = status.get("observedGeneration") == meta.get("generation")
-    if ready is not None and ready.get("status") == "False" and ready.get("reason") in _FAILED_REASONS:
+    if (
+        ready is not None and ready.get("status") == "False" and ready.get("reason") in naming.FAILED_REASONS
+        and ready.get("observedGeneration", generation) == generation
+    ):  # fmt: skip
         reason, code = ready.get("message") or ready.get("reason"), ready.get("reason")
-        if has_version and not current:
+        if has_version and routable:  # an update failed: the function still runs what it ran
             return shapes.Status("Active", last_update="Failed", last_update_reason=reason, last_update_code=code)
         return shapes.Status("Failed", reason, code, "Failed", reason, code)
-    if has_version and current and served:
-        return shapes.Status()
-    if not has_version:
+    if not (has_version and routable):
         return shapes.Status("Pending", "The function is being created.", "Creating", "InProgress")
+    if status.get("observedGeneration") == generation and served:
+        return shapes.Status()
     return shapes.Status(last_update="InProgress", last_update_reason="The function is being updated.",
                          last_update_code="Updating")  # fmt: skip
 
@@ -98,13 +119,16 @@ class KubernetesFunctionStore:
         return obj
 
     async def _revisions(self, function: str | None = None) -> dict[str, list[Any]]:
-        selector = f"{GROUP}/function={function}" if function else f"{GROUP}/function"
+        """ControllerRevisions by the uid of the Function that owns them: a function deleted and made again under
+        the same name has revisions of its own, whatever of the old one garbage collection has not removed yet."""
+        label = naming.FUNCTION_LABEL
+        selector = f"{label}={function}" if function else label
         listing = await self._apps.list_namespaced_controller_revision(self._namespace, label_selector=selector)
-        by_function: dict[str, list[Any]] = {}
+        by_owner: dict[str, list[Any]] = {}
         for revision in listing.items:
-            owner = (revision.metadata.labels or {}).get(f"{GROUP}/function", "")
-            by_function.setdefault(owner, []).append(revision)
-        return by_function
+            for owner in revision.metadata.owner_references or []:
+                by_owner.setdefault(owner.uid, []).append(revision)
+        return by_owner
 
     def _stored(self, obj: Mapping[str, Any], revisions: list[Any]) -> StoredFunction:
         meta, spec = obj["metadata"], dict(obj.get("spec") or {})
@@ -118,26 +142,29 @@ class KubernetesFunctionStore:
             snapshot = dict((revision.data or {}).get("spec") or {})
             created = revision.metadata.creation_timestamp
             versions.append(StoredVersion(
-                number, version_spec(spec, snapshot), shapes.timestamp(created) if created else "",
+                number, specs.version_spec(spec, snapshot), shapes.timestamp(created) if created else "",
                 shapes.revision_id(uid, f"v{number}"),
             ))  # fmt: skip
         latest = (obj.get("status") or {}).get("latestVersion")
         served = bool(latest) and self._registry.by_key(f"{self._namespace}/{name}", str(latest)) is not None
-        modified = (meta.get("annotations") or {}).get(ANNOTATION_MODIFIED) or _when(meta.get("creationTimestamp"))
+        routable = bool(self._registry.get_function(name))
+        modified = (meta.get("annotations") or {}).get(naming.LAST_MODIFIED_ANNOTATION) or _when(
+            meta.get("creationTimestamp")
+        )
         return StoredFunction(
             name, spec, shapes.revision_id(uid, meta.get("generation", 1)), modified, tuple(versions),
-            status_of(obj, served),
+            status_of(obj, routable=routable, served=served),
         )  # fmt: skip
 
     async def functions(self) -> list[StoredFunction]:
         listing = await self._custom.list_namespaced_custom_object(GROUP, VERSION, self._namespace, FUNCTIONS)
         revisions = await self._revisions()
         items = sorted(listing["items"], key=lambda o: o["metadata"]["name"])
-        return [self._stored(obj, revisions.get(obj["metadata"]["name"], [])) for obj in items]
+        return [self._stored(obj, revisions.get(obj["metadata"].get("uid", ""), [])) for obj in items]
 
     async def function(self, name: str) -> StoredFunction:
         obj = await self._existing(name)
-        return self._stored(obj, (await self._revisions(name)).get(name, []))
+        return self._stored(obj, (await self._revisions(name)).get(obj["metadata"].get("uid", ""), []))
 
     async def _existing(self, name: str) -> dict[str, Any]:
         obj = await self._object(FUNCTIONS, name) if specs.K8S_NAME_RE.fullmatch(name) else None
@@ -160,10 +187,8 @@ class KubernetesFunctionStore:
         return errors.service_error(f"the API server refused the change ({exc.status}): {message}")
 
     async def create(self, name: str, spec: Mapping[str, Any]) -> StoredFunction:
-        body = {
-            "apiVersion": naming.API_VERSION, "kind": "Function",
-            "metadata": {"name": name, "annotations": {ANNOTATION_MODIFIED: _now()}}, "spec": dict(spec),
-        }  # fmt: skip
+        meta = {"name": name, "annotations": {naming.LAST_MODIFIED_ANNOTATION: shapes.now()}}
+        body = {"apiVersion": naming.API_VERSION, "kind": "Function", "metadata": meta, "spec": dict(spec)}
         try:
             obj = await self._custom.create_namespaced_custom_object(GROUP, VERSION, self._namespace, FUNCTIONS, body)
         except ApiException as exc:
@@ -182,7 +207,7 @@ class KubernetesFunctionStore:
             if new_spec == current.spec:
                 return await self.function(name)  # nothing to change: the generation (and RevisionId) stays
             meta = obj["metadata"]
-            annotations = {**(meta.get("annotations") or {}), ANNOTATION_MODIFIED: _now()}
+            annotations = {**(meta.get("annotations") or {}), naming.LAST_MODIFIED_ANNOTATION: shapes.now()}
             body = {**obj, "metadata": {**meta, "annotations": annotations}, "spec": new_spec}
             try:
                 await self._custom.replace_namespaced_custom_object(
@@ -233,20 +258,39 @@ class KubernetesFunctionStore:
 
     async def delete_version(self, name: str, version: str) -> None:
         fn = await self.function(name)
-        if fn.version(version) is None:
-            raise errors.not_found(self._place.function_arn(name, version))
-        if fn.newest is not None and fn.newest.number == version:
-            raise conflict(f"Version {version} is what $LATEST runs: it can be deleted with the function")
-        for alias in await self.aliases(name):
-            if version == alias.version or version in alias.weights:
-                raise conflict(f"Alias {alias.name} routes to version {version}: change the alias first")
-        obj = await self._existing(name)
-        annotations = obj["metadata"].get("annotations") or {}
-        asked = {v for v in annotations.get(naming.DELETE_VERSIONS_ANNOTATION, "").split(",") if v} | {version}
-        patch = {"metadata": {"annotations": {naming.DELETE_VERSIONS_ANNOTATION: ",".join(sorted(asked, key=int))}}}
-        await self._custom.patch_namespaced_custom_object(GROUP, VERSION, self._namespace, FUNCTIONS, name, patch)
+        check_version_deletable(self._place.function_arn(name, version), fn, await self.aliases(name), version)
+        for _ in range(WRITE_ATTEMPTS):
+            obj = await self._existing(name)
+            meta = obj["metadata"]
+            annotations = meta.get("annotations") or {}
+            asked = set(versioning.requested_deletions(annotations.get(naming.DELETE_VERSIONS_ANNOTATION))) | {
+                int(version)
+            }
+            patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {
+                naming.DELETE_VERSIONS_ANNOTATION: ",".join(map(str, sorted(asked)))}}}  # fmt: skip
+            try:
+                await self._custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, self._namespace, FUNCTIONS, name, patch,
+                    _content_type="application/merge-patch+json",  # type: ignore[call-arg]  # else a JSON Patch
+                )  # fmt: skip
+                break
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue  # changed since read: ask again on top of what it is now
+                if exc.status == 404:
+                    raise errors.not_found(self._place.function_arn(name)) from None
+                raise self._refused(exc) from None
+        else:
+            raise conflict(
+                "The operation cannot be performed at this time. The function is being changed concurrently."
+            )
         deadline = self._clock() + self._publish_timeout
-        while (await self.function(name)).version(version) is not None and self._clock() < deadline:
+        while (await self.function(name)).version(version) is not None:
+            if self._clock() >= deadline:
+                raise errors.AWSError(
+                    503, "ServiceException", f"The operator did not delete version {version} of {name} within "
+                    f"{self._publish_timeout:g} s; it will", headers={"Retry-After": "5"},
+                )  # fmt: skip
             await asyncio.sleep(0.2)
 
     # ---- aliases ---------------------------------------------------------------------------------------------
@@ -277,11 +321,7 @@ class KubernetesFunctionStore:
             raise errors.resource_not_found(f"Alias not found: {arn}")
         if found is not None and revision is not None and revision != self._alias(found).revision:
             raise revision_mismatch()
-        problems = versioning.alias_problems(alias.version, alias.weights, [v.number for v in fn.versions])
-        if problems:
-            missing = any("does not exist" in p for p in problems)
-            error_type = "ResourceNotFoundException" if missing else "InvalidParameterValueException"
-            raise errors.AWSError(404 if missing else 400, error_type, "; ".join(problems))
+        check_alias(alias, [v.number for v in fn.versions])
         spec: dict[str, Any] = {"function": alias.function, "version": alias.version, "name": alias.name}
         if alias.description:
             spec["description"] = alias.description
@@ -289,12 +329,7 @@ class KubernetesFunctionStore:
             spec["additionalVersionWeights"] = dict(alias.weights)
         try:
             if found is None:
-                object_name = f"{alias.function}.{alias.name}"
-                if not specs.K8S_NAME_RE.fullmatch(alias.name):
-                    raise errors.invalid_parameter(
-                        f"Alias name {alias.name!r}: on Kubernetes an alias is an object, so its name is lower-case "
-                        "letters, digits and hyphens"
-                    )
+                object_name = alias_object_name(alias.function, alias.name)
                 body = {"apiVersion": naming.API_VERSION, "kind": "Alias", "metadata": {"name": object_name},
                         "spec": spec}  # fmt: skip
                 obj = await self._custom.create_namespaced_custom_object(GROUP, VERSION, self._namespace, ALIASES, body)
@@ -323,7 +358,3 @@ class KubernetesFunctionStore:
         found = next((o for o in await self._alias_objects(function) if self._alias(o).name == name), None)
         if found is None or not await self._delete_object(ALIASES, found["metadata"]["name"]):
             raise errors.resource_not_found(f"Alias not found: {self._place.function_arn(function, name)}")
-
-
-def _now() -> str:
-    return shapes.timestamp(datetime.now(UTC))

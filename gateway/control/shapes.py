@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -28,8 +29,6 @@ PACKAGE_ARN_NAME = "package"  # a layer's ARN: arn:aws:lambda:{region}:{account}
 _LAYER_SHA = re.compile(r"(?:.*:)?([0-9a-f]{64})\Z")
 _ALIAS_RE = re.compile(r"(?!^[0-9]+\Z)[a-zA-Z0-9-_]{1,128}\Z")
 _VERSION_RE = re.compile(r"[0-9]{1,10}\Z")
-_TAG_KEY_RE = re.compile(r"[\w\s.:/=+@-]{1,128}\Z", re.UNICODE)
-MAX_TAGS = 50
 _MAX_ITEMS = re.compile(r"[0-9]{1,5}\Z")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 # Fields kambda has no counterpart for: refused when they ask for something, accepted when empty.
 _UNSUPPORTED = {
@@ -38,7 +37,7 @@ _UNSUPPORTED = {
     "CodeSigningConfigArn": "kambda does not verify code signatures (a package is pinned by its SHA-256)",
     "DeadLetterConfig": "kambda's dead-letter queue is built in (GET /v1/dead-letters); SQS/SNS targets are not",
 }
-# Lambda's own namespace for this installation's region and account, so that its ARNs look like Lambda's.
+# The UUID namespace of RevisionIds (any fixed one: RevisionIds only have to change with what they stand for).
 _REVISION_NAMESPACE = uuid.UUID("8a6e0804-2bd0-4672-b79a-4ad46c51a2b1")
 
 
@@ -49,6 +48,11 @@ def invalid(message: str) -> errors.AWSError:
 def revision_id(uid: str, generation: int | str) -> str:
     """Lambda's RevisionId: a UUID that changes with every change of the function's (or alias's) settings."""
     return str(uuid.uuid5(_REVISION_NAMESPACE, f"{uid}:{generation}"))
+
+
+def now() -> str:
+    """LastModified for a change made now."""
+    return timestamp(datetime.now(UTC))
 
 
 def timestamp(moment: datetime) -> str:
@@ -135,19 +139,6 @@ def version_number(value: str, key: str = "FunctionVersion") -> str:
     if not _VERSION_RE.fullmatch(value):
         raise invalid(f"{key} {value!r} must be a version number")
     return str(int(value))
-
-
-def tags(value: Mapping[str, str]) -> dict[str, str]:
-    if len(value) > MAX_TAGS:
-        raise invalid(f"A function has at most {MAX_TAGS} tags")
-    for key, text in value.items():
-        if not _TAG_KEY_RE.fullmatch(key):
-            raise invalid(f"Tag key {key!r} must be 1-128 letters, digits, spaces or _.:/=+-@")
-        if key.lower().startswith("aws:"):
-            raise invalid(f"Tag key {key!r}: the aws: prefix is reserved")
-        if len(text) > 256:
-            raise invalid(f"Tag {key!r}: a value is at most 256 characters")
-    return dict(value)
 
 
 def layer_packages(arns: Sequence[str]) -> list[dict[str, str]]:
@@ -318,6 +309,7 @@ _FIELD_WORDS = {
     "spec.handler": "Handler", "spec.environment": "Environment.Variables", "spec.layers": "Layers",
     "spec.ephemeralStorage.size": "EphemeralStorage.Size", "spec.logging": "LoggingConfig",
     "spec.concurrency.reserved": "ReservedConcurrentExecutions", "spec.description": "Description",
+    "spec.tags": "Tags",
 }  # fmt: skip
 
 
@@ -369,8 +361,11 @@ class Code:
 
 @dataclass(frozen=True)
 class Place:
+    """Where functions run, as their ARNs and configurations say it."""
+
     region: str
     account: str
+    architecture: str = "x86_64"  # Lambda's name for the nodes' machine (x86_64 or arm64)
 
     def function_arn(self, name: str, qualifier: str | None = None) -> str:
         return naming.function_arn(self.region, self.account, name, qualifier)
@@ -404,7 +399,7 @@ def configuration(
         "State": status.state,
         "LastUpdateStatus": status.last_update,
         "PackageType": "Image" if is_image else "Zip",
-        "Architectures": ["x86_64"],
+        "Architectures": [place.architecture],
         "EphemeralStorage": {"Size": (spec.get("ephemeralStorage") or {}).get("size", specs.EPHEMERAL_STORAGE_MB[0])},
         "SnapStart": {"ApplyOn": "None", "OptimizationStatus": "Off"},
         "LoggingConfig": {"LogFormat": log_format, "LogGroup": f"/aws/lambda/{name}"},
@@ -450,9 +445,11 @@ def alias_configuration(
     return config
 
 
-def page(items: Sequence[Any], marker: str | None, max_items: str | None) -> tuple[list[Any], str | None]:
-    """One page of `items` (already in order) after `marker`, Lambda's way: MaxItems 1-10,000 (50 unless given),
-    NextMarker opaque to the caller (here the index of the next item, base64)."""
+def page(keys: Sequence[str], marker: str | None, max_items: str | None) -> tuple[slice, str | None]:
+    """Which of a listing's items (their `keys` ascending, unique) one page holds, Lambda's way: MaxItems 1-10,000
+    (50 unless given), after `marker`; and the NextMarker, opaque to the caller (the last key returned, base64), or
+    None at the end. A key rather than a position, so that a function made or deleted between two pages neither
+    repeats nor hides another."""
     limit = 50
     if max_items is not None:
         if not _MAX_ITEMS.fullmatch(max_items) or not 1 <= int(max_items) <= 10_000:
@@ -461,12 +458,15 @@ def page(items: Sequence[Any], marker: str | None, max_items: str | None) -> tup
     start = 0
     if marker:
         try:
-            start = int(base64.urlsafe_b64decode(marker.encode()).decode())
+            after = base64.urlsafe_b64decode(marker.encode()).decode()
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise invalid(f"Invalid Marker {marker!r}") from None
-        if not 0 <= start <= len(items):
-            raise invalid(f"Invalid Marker {marker!r}")
-    chunk = list(items[start : start + limit])
-    end = start + len(chunk)
-    next_marker = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
-    return chunk, next_marker
+        start = bisect.bisect_right(keys, after)
+    end = min(start + limit, len(keys))
+    next_marker = base64.urlsafe_b64encode(keys[end - 1].encode()).decode() if end < len(keys) else None
+    return slice(start, end), next_marker
+
+
+def version_key(function: str, version: str) -> str:
+    """A listing's order of versions: by function, then $LATEST, then by number."""
+    return f"{function}\0{'' if version == naming.LATEST else version.zfill(10)}"

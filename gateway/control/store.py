@@ -9,9 +9,11 @@ it renders every refusal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from kambda.operator import versioning
 
 from .. import errors
 from .shapes import Status
@@ -90,8 +92,25 @@ class FunctionStore(Protocol):
     async def delete_alias(self, function: str, name: str) -> None: ...
 
 
-def function_not_found(arn: str) -> errors.AWSError:
-    return errors.not_found(arn)
+def check_alias(alias: StoredAlias, versions: Iterable[str]) -> None:
+    """An alias may route only to versions that exist, with weights that add up to at most 1."""
+    problems = versioning.alias_problems(alias.version, alias.weights, versions)
+    if problems:
+        missing = any("does not exist" in p for p in problems)
+        error_type = "ResourceNotFoundException" if missing else "InvalidParameterValueException"
+        raise errors.AWSError(404 if missing else 400, error_type, "; ".join(problems))
+
+
+def check_version_deletable(arn: str, fn: StoredFunction, aliases: Iterable[StoredAlias], version: str) -> None:
+    """A version may be deleted unless it is what $LATEST runs or an alias routes to it (Lambda's rule, with
+    kambda's $LATEST being the newest version)."""
+    if fn.version(version) is None:
+        raise errors.not_found(arn)
+    if fn.newest is not None and fn.newest.number == version:
+        raise conflict(f"Version {version} is what $LATEST runs: it can be deleted with the function")
+    for alias in aliases:
+        if version == alias.version or version in alias.weights:
+            raise conflict(f"Alias {alias.name} routes to version {version}: change the alias first")
 
 
 def conflict(message: str) -> errors.AWSError:

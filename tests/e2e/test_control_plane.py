@@ -74,8 +74,17 @@ def test_the_lambda_scenario_against_the_cluster(platform: Platform) -> None:
     versions = lam.list_versions_by_function(FunctionName="api-fn", MaxItems=2)
     assert [v["Version"] for v in versions["Versions"]] == ["$LATEST", "1"] and versions["NextMarker"]
 
+    # Any Lambda alias name, though Kubernetes names are lower-case: the object's name is derived, spec.name exact.
+    lam.create_alias(FunctionName="api-fn", Name="Canary_1", FunctionVersion="1")
+    assert lam.get_alias(FunctionName="api-fn", Name="Canary_1")["FunctionVersion"] == "1"
+    assert invoke(platform, "api-fn", "Canary_1")["version"] == "1"
+    lam.delete_alias(FunctionName="api-fn", Name="Canary_1")
     lam.delete_alias(FunctionName="api-fn", Name="live")
     assert eventually(lambda: platform.kube.get("alias", "api-fn.live", platform.namespace) is None, timeout=30)
+    # A version no alias routes to can go: the operator deletes it when asked.
+    lam.delete_function(FunctionName="api-fn", Qualifier="1")
+    assert [v["Version"] for v in lam.list_versions_by_function(FunctionName="api-fn")["Versions"]] == ["$LATEST", "2"]
+    assert platform.kube.get("controllerrevision", "api-fn-v1", platform.namespace) is None
     for name in ("api-fn", "api-fn-b"):
         lam.delete_function(FunctionName=name)
     assert eventually(lambda: platform.kube.get("function", "api-fn", platform.namespace) is None, timeout=60)

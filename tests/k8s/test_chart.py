@@ -107,6 +107,12 @@ def test_rbac_allows_what_each_needs_and_nothing_else(kube: Kube, release: tuple
     ]  # fmt: skip
     for account, verb, resource, ns in allowed:
         assert can(kube, account, verb, resource, ns or "default"), f"{account} cannot {verb} {resource} in {ns}"
+    # The access keys: exactly one Secret (the chart's), never another one of the release's namespace.
+    for verb, secret, expected in (("watch", f"{name}-access-keys", "yes"), ("get", f"{name}-access-keys", "yes"),
+                                   ("get", f"{name}-signing-key", "no"), ("list", "", "no")):  # fmt: skip
+        target = f"secrets/{secret}" if secret else "secrets"
+        answer = kube.kubectl("auth", "can-i", verb, target, "-n", system, f"--as={gateway}", check=False)
+        assert answer.stdout.strip() == expected, (verb, target, answer.stdout)
     for account, verb, resource, ns in refused:
         assert not can(kube, account, verb, resource, ns or "default"), f"{account} may {verb} {resource} in {ns}"
 

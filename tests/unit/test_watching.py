@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kambda.gateway.watching import version_spec
+from kambda.specs import version_spec
 
 
 def test_a_versioned_field_added_later_does_not_leak_into_an_older_version() -> None:
