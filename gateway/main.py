@@ -280,15 +280,26 @@ def run_local(directory: Path, settings: GatewaySettings, signing_key: bytes | N
     return _serve_holding_data_dir(settings, main)
 
 
-async def _secret_keys(api: Any, settings: GatewaySettings, tasks: list[asyncio.Task[None]]) -> Keys | None:
-    """The access-keys Secret (`--keys-secret NAMESPACE/NAME`), watched; None when authentication is off."""
-    if settings.auth == "none":
+class _NoKeys:
+    def get(self, access_key_id: str) -> None:
         return None
+
+
+_NO_KEYS = _NoKeys()
+
+
+async def _secret_keys(api: Any, settings: GatewaySettings, tasks: list[asyncio.Task[None]]) -> Keys:
+    """The access-keys Secret (`--keys-secret NAMESPACE/NAME`), watched; none without one (anonymous unless
+    `--auth keys`, which needs it)."""
+    namespace, _, name = settings.keys_secret.rpartition("/")
+    if settings.auth == "none" or (settings.auth == "auto" and not name):
+        return Keys(_NO_KEYS, lambda: 0, "no access-keys Secret (--keys-secret)")  # auto: anonymous, as said at start
+    if not name:
+        raise StartError(
+            "--auth keys on Kubernetes needs --keys-secret NAMESPACE/NAME (the chart's access-keys Secret)"
+        )
     from .kubekeys import SecretKeys
 
-    namespace, _, name = settings.keys_secret.rpartition("/")
-    if not name:
-        raise StartError("--keys-secret NAMESPACE/NAME is needed on Kubernetes unless --auth none")
     secrets = SecretKeys(api, namespace or settings.namespace, name)
     tasks.append(asyncio.create_task(secrets.run(), name="access-keys"))
     await asyncio.wait_for(secrets.synced.wait(), 60)
