@@ -84,16 +84,20 @@ class Deployments:
     (`shapes.revision_id(uid, generation)`) change with every one, as Lambda's do."""
 
     def __init__(
-        self, root: Path, store: CodeStore, cache_dir: Path, registry: Registry, *, reserved: Set[str] = frozenset(),
+        self, root: Path, store: CodeStore, cache_dir: Path, registry: Registry, *,
+        directory: Mapping[str, Mapping[str, Any]] | None = None,
         place: shapes.Place | None = None,
     ) -> None:  # fmt: skip
         self._root = root
         self._store = store
         self._cache = cache_dir
         self._registry = registry
-        self._reserved = reserved  # names the manifests directory defines
+        # The manifests directory's functions (name -> spec): served, listed and shown, but that directory's to change.
+        self._directory = dict(directory or {})
+        self._reserved: Set[str] = self._directory.keys()
         self._place = place or shapes.Place("us-east-1", "000000000000")
         self._lock = asyncio.Lock()
+        self._started = shapes.now()  # the directory's functions were last modified, as far as the API knows, then
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def load(self) -> None:
@@ -147,10 +151,26 @@ class Deployments:
                     found.append((path.stem, record))
             return found
 
-        return [self._stored(name, record) for name, record in await asyncio.to_thread(read_all)]
+        made = [self._stored(name, record) for name, record in await asyncio.to_thread(read_all)]
+        listed = [f for f in map(self._from_directory, sorted(self._directory)) if f is not None]
+        return sorted(made + listed, key=lambda f: f.name)
 
     async def function(self, name: str) -> StoredFunction:
+        from_directory = self._from_directory(name)
+        if from_directory is not None:
+            return from_directory
         return self._stored(name, await self._existing(name))
+
+    def _from_directory(self, name: str) -> StoredFunction | None:
+        """A manifests-directory function as the API shows it: $LATEST only (that directory has no versions), its
+        code as the registry serves it, read-only."""
+        spec = self._directory.get(name)
+        served = self._registry.by_key(f"{self._registry.namespace}/{name}", naming.LATEST)
+        if spec is None or served is None:
+            return None
+        code = shapes.Code(served.code_sha256, 0)
+        revision = shapes.revision_id(f"directory:{name}", version_hash(spec))
+        return StoredFunction(name, spec, revision, self._started, (), code=code)
 
     async def create(self, name: str, spec: Mapping[str, Any]) -> StoredFunction:
         self._writable(name)
@@ -192,6 +212,8 @@ class Deployments:
             await self._write(name, record)
 
     async def aliases(self, function: str) -> list[StoredAlias]:
+        if self._from_directory(function) is not None:
+            return []  # the manifests directory defines no aliases
         record = await self._existing(function)
         return [
             self._alias(function, alias, entry, record) for alias, entry in sorted(record.get("aliases", {}).items())

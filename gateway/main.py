@@ -264,7 +264,7 @@ def run_local(directory: Path, settings: GatewaySettings, signing_key: bytes | N
         registry = load_local_registry(directory, settings, store)
         deployments = Deployments(
             settings.data_dir / "functions", store, settings.data_dir / "code", registry,
-            reserved={spec.name for spec in manifests.load_directory(directory)},
+            directory=manifests.function_specs(directory),
             place=shapes.Place(settings.region, settings.account_id),
         )  # fmt: skip
         deployments.load()

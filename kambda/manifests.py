@@ -50,6 +50,16 @@ def iter_documents(directory: Path) -> Iterator[tuple[Path, Mapping[str, Any]]]:
             yield path, doc
 
 
+def function_specs(directory: Path) -> dict[str, Mapping[str, Any]]:
+    """The directory's Function manifests' specs as written, by name (what the Lambda API shows of them)."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for _, doc in iter_documents(directory):
+        meta, spec = doc.get("metadata"), doc.get("spec")
+        if doc.get("kind", "Function") == "Function" and isinstance(meta, Mapping) and isinstance(spec, Mapping):
+            found[str(meta.get("name"))] = spec
+    return found
+
+
 def load_directory(directory: Path) -> list[FunctionSpec]:
     """Every Function in the directory's manifests, with `code.path` made absolute."""
     specs: list[FunctionSpec] = []

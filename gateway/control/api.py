@@ -111,9 +111,10 @@ class ControlAPI:
     ) -> dict[str, Any]:
         """FunctionConfiguration of `$LATEST` (`version` None) or of a published version."""
         spec = fn.spec if version is None else version.spec
+        code = fn.code if version is None and fn.code is not None else await self._code(spec)
         config = shapes.configuration(
             self._place, fn.name, naming.LATEST if version is None else version.number, spec,
-            code=await self._code(spec), revision=fn.revision if version is None else version.revision,
+            code=code, revision=fn.revision if version is None else version.revision,
             last_modified=fn.last_modified if version is None else version.last_modified,
             status=fn.status if version is None else shapes.Status(), layer_sizes=await self._layer_sizes(spec),
         )  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from kambda.operator import versioning
 
 from .. import errors
-from .shapes import Status
+from .shapes import Code, Status
 
 # A change of a function's spec: the current spec in, the new one out (pure; it may raise an AWSError to refuse).
 # The store applies it to what it holds at the moment of writing, so that concurrent changes are never lost.
@@ -39,6 +39,7 @@ class StoredFunction:
     last_modified: str
     versions: tuple[StoredVersion, ...]  # published, oldest first
     status: Status = field(default_factory=Status)
+    code: Code | None = None  # $LATEST's CodeSha256 and size where the store knows them better than its spec says
 
     def version(self, number: str) -> StoredVersion | None:
         return next((v for v in self.versions if v.number == number), None)

@@ -22,6 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import Gateway
+from tests.workdir import function_manifest
 
 ROLE = "arn:aws:iam::000000000000:role/scenario"
 HELLO = "arn:aws:lambda:*:*:function:hello*"
@@ -56,6 +57,9 @@ class Platform:
         self.root = root
         self.data = root / "data"
         (root / "functions").mkdir(parents=True)
+        (root / "functions" / "from-directory.yaml").write_text(
+            function_manifest("from-directory", "def handler(event, context):\n    return 'listed'\n")
+        )
         self.keys: dict[str, tuple[str, str]] = {}
         (root / "invoker.json").write_text(json.dumps(INVOKER))
         (root / "not-prod.json").write_text(json.dumps(NOT_PROD))
@@ -252,6 +256,24 @@ def test_refusals_have_lambdas_codes(platform: Platform) -> None:
         f["FunctionName"] for f in lam.list_functions()["Functions"]
     }
     assert platform.gateway.proc.poll() is None
+
+
+def test_the_manifest_directorys_functions_are_shown_but_not_changed(platform: Platform) -> None:
+    lam = platform.client()
+    assert "from-directory" in {f["FunctionName"] for f in lam.list_functions()["Functions"]}
+    config = lam.get_function(FunctionName="from-directory")["Configuration"]
+    assert config["Runtime"] == "python3.11" and config["State"] == "Active" and config["CodeSha256"]
+    assert [v["Version"] for v in lam.list_versions_by_function(FunctionName="from-directory")["Versions"]] == [
+        "$LATEST"
+    ]
+    for call in (
+        lambda: lam.update_function_configuration(FunctionName="from-directory", Timeout=9),
+        lambda: lam.delete_function(FunctionName="from-directory"),
+        lambda: create(lam, "from-directory"),
+    ):
+        status, code, message = refusal(call)
+        assert (status, code) == (409, "ResourceConflictException") and "manifests directory" in message
+    assert json.loads(lam.invoke(FunctionName="from-directory")["Payload"].read()) == "listed"
 
 
 def test_an_invoke_only_key_cannot_create_or_delete(platform: Platform) -> None:
