@@ -216,6 +216,7 @@ class Sandbox(runtime_api.RuntimeHost):
         self._capture: logs.LogCapture | None = None
         self._spawned_at = 0.0
         self._init_duration_ms: float | None = None  # set when a fresh runtime first asks for work (or dies trying)
+        self._asked = asyncio.Event()  # this life's runtime has called /next (an external runtime's proof of life)
         self._served = False  # whether this runtime process has been handed an invocation (else: cold)
         self._init_error: tuple[str, bytes] | None = None
         self._current: _InFlight | None = None
@@ -293,15 +294,18 @@ class Sandbox(runtime_api.RuntimeHost):
         if self._capture is None:
             read_fd, self._quiet_fd = os.pipe()
             self._capture = logs.LogCapture(read_fd, self._sink, loop=asyncio.get_running_loop())
-        proc = external.ExternalRuntime()
-        await proc.started()
-        # Not frozen (a departure): its processes are another container's, restarted by the kubelet behind the
-        # agent's back, and stopping them raced those restarts (an e2e crash test then timed out one run in three).
-        self._freezer = freezer.NoFreezer()
+        # This life starts now, before its processes are seen: its runtime may ask for work before they have been
+        # seen for long enough (and Init Duration includes the container's start, as an image's cold start does).
         self._spawned_at = time.monotonic()
         self._init_duration_ms = None
         self._served = False
         self._init_error = None
+        self._asked = asyncio.Event()  # its runtime called /next: it runs, whatever the polls have seen of it yet
+        proc = external.ExternalRuntime()
+        await proc.started(self._asked)
+        # Not frozen (a departure): its processes are another container's, restarted by the kubelet behind the
+        # agent's back.
+        self._freezer = freezer.NoFreezer()
         return proc
 
     async def _spawn(self) -> asyncio.subprocess.Process:
@@ -401,6 +405,7 @@ class Sandbox(runtime_api.RuntimeHost):
             raise runtime_api.InvalidState("another /next is already waiting")
         if self._init_duration_ms is None:
             self._init_duration_ms = (time.monotonic() - self._spawned_at) * 1000
+        self._asked.set()
         self._waiting_next = True
         if not self._session.has_work():
             self._freeze()

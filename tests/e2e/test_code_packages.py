@@ -208,7 +208,7 @@ def test_two_layers_a_python_package_and_a_bootstrap(platform: Platform, tmp_pat
             if path == "bootstrap":
                 (root / path).chmod(0o755)
         result = subprocess.run([sys.executable, "-m", "kambda", "layer", str(root), "--endpoint", platform.url],
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+                                capture_output=True, text=True, timeout=120, env=platform.cli_env)  # fmt: skip
         assert result.returncode == 0, result.stderr
         return dict(f.split("=", 1) for f in result.stdout.split())["Sha256"]
 

@@ -78,7 +78,7 @@ def test_a_runtime_without_an_image_is_refused_clearly(platform: Platform) -> No
     assert "python3.11" in message and "python3.13" in message, message
     assert not platform.pods("py312")
     listed = subprocess.run([sys.executable, "-m", "kambda", "runtimes", "--endpoint", platform.url],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+                            capture_output=True, text=True, timeout=60, env=platform.cli_env)  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     runtimes = [line.split("\t")[0] for line in listed.stdout.splitlines()]
     assert {"python3.11", "python3.13", "nodejs20.x", "provided"} <= set(runtimes) and "python3.12" not in runtimes

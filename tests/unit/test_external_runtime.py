@@ -23,7 +23,7 @@ def fake_proc(root: Path, groups: dict[str, str]) -> Path:
 
 def test_foreign_processes_are_the_other_containers_not_pause_not_ours(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path, {"1": "pause", "7": "agent", "8": "agent", "20": "function", "21": "function"})
-    assert external.foreign_pids(proc) == {20, 21}
+    assert external.foreign_processes(proc) == {20: "function", 21: "function"}
 
 
 async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_saw() -> None:
@@ -31,9 +31,9 @@ async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_sa
     alive = {"pids": set[int]()}
     looks = [0]
 
-    def pids() -> set[int]:
+    def pids() -> dict[int, str]:
         looks[0] += 1
-        return set(alive["pids"])
+        return dict.fromkeys(alive["pids"], "function-a")
 
     async def looked(times: int) -> None:
         """Until the runtime has looked for processes `times` more times (each look could have ended the wait)."""
@@ -42,7 +42,7 @@ async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_sa
             while looks[0] < until:
                 await asyncio.sleep(0.01)
 
-    runtime = external.ExternalRuntime(pids=pids)
+    runtime = external.ExternalRuntime(processes=pids)
     started = asyncio.ensure_future(runtime.started())
     await looked(3)
     assert not started.done()  # nothing runs yet: the container has not started
@@ -64,10 +64,55 @@ async def test_a_runc_helper_passing_through_is_not_taken_for_the_runtime() -> N
     sightings = iter([{99}, set(), {5}])
     last = {"pids": set[int]()}
 
-    def pids() -> set[int]:
+    def pids() -> dict[int, str]:
         last["pids"] = next(sightings, last["pids"])
-        return set(last["pids"])
+        return dict.fromkeys(last["pids"], "function-a")
 
-    runtime = external.ExternalRuntime(pids=pids)
+    runtime = external.ExternalRuntime(processes=pids)
     await asyncio.wait_for(runtime.started(), 5)
     assert runtime.pid == 5  # 99 was gone before it had been seen for STABLE_SECONDS
+
+
+async def test_a_container_restarted_between_two_looks_is_a_new_life() -> None:
+    # The kubelet can restart a crashed container faster than the agent looks: the old container's processes are
+    # gone, a new container's are there. That is an exit, not the same runtime going on (it was: an e2e crash
+    # check then timed out instead of reporting Runtime.ExitError).
+    seen = {"now": {10: "container-1", 11: "container-1"}}
+    looks = [0]
+
+    def processes() -> dict[int, str]:
+        looks[0] += 1
+        return dict(seen["now"])
+
+    async def looked(times: int) -> None:
+        until = looks[0] + times
+        async with asyncio.timeout(5):
+            while looks[0] < until:
+                await asyncio.sleep(0.01)
+
+    runtime = external.ExternalRuntime(processes=processes)
+    await asyncio.wait_for(runtime.started(), 5)
+    waiting = asyncio.ensure_future(runtime.wait())
+    seen["now"] = {12: "container-1", 20: "container-2"}  # a child it started since is still this life
+    await looked(3)
+    assert not waiting.done()
+    seen["now"] = {20: "container-2", 21: "container-2"}  # restarted: only the new container's processes remain
+    assert await asyncio.wait_for(waiting, 5) == 0
+
+
+async def test_a_runtime_that_asked_for_work_is_watched_at_once_even_if_it_dies_young() -> None:
+    # A runtime can call /next, take an invocation and exit before its processes were seen for STABLE_SECONDS:
+    # that life must still end in an exit (Runtime.ExitError), not wait for the next container.
+    seen = {"now": {30: "container-1"}}
+    asked = asyncio.Event()
+    runtime = external.ExternalRuntime(processes=lambda: dict(seen["now"]))
+    starting = asyncio.ensure_future(runtime.started(asked))
+    asked.set()
+    await asyncio.wait_for(starting, 5)
+    assert runtime.pid == 30
+    seen["now"] = {}
+    assert await asyncio.wait_for(runtime.wait(), 5) == 0
+
+    gone = external.ExternalRuntime(processes=dict)  # asked, and already gone when it is first looked at
+    await asyncio.wait_for(gone.started(asked), 5)
+    assert await asyncio.wait_for(gone.wait(), 5) == 0
