@@ -51,6 +51,7 @@ SOAK_MINUTES ?= 10
 bench: venv test-deps
 	$(BIN)/python bench/invoke_bench.py
 	$(BIN)/python bench/async_bench.py
+	$(BIN)/python bench/control_bench.py
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/k8s_coldstart_bench.py
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
