@@ -28,14 +28,16 @@ import resource
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
+
+from kambda import jsontext
 
 from . import errors
 
@@ -230,6 +232,28 @@ async def read_body(request: web.Request, *, limit: int, timeout: float, too_lar
 
 
 RAW_BODY = "kambda.raw-body"  # where a request keeps its body once read (the authenticator reads it first)
+
+
+async def read_json_object(
+    request: web.Request,
+    *,
+    limit: int,
+    timeout: float,
+    too_large: str,
+    what: str = "The request body",
+    empty: Mapping[str, Any] | None = None,
+) -> Mapping[str, Any]:
+    """A body that must be one strict JSON object (`empty`, if given, stands for an empty body)."""
+    raw = await read_body(request, limit=limit, timeout=timeout, too_large=too_large)
+    if empty is not None and not raw.strip():
+        return empty
+    try:
+        value = jsontext.loads(raw)
+    except jsontext.InvalidJSON as exc:
+        raise errors.invalid_content(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise errors.invalid_content(f"{what} must be a JSON object")
+    return value
 
 
 async def read_raw_body(request: web.Request, *, limit: int, timeout: float, too_large: str) -> bytes:

@@ -32,12 +32,12 @@ from typing import Any
 
 from aiohttp import web
 
-from kambda import hostruntimes, jsontext, manifests, naming, packages, specs
+from kambda import hostruntimes, manifests, naming, packages, specs
 from kambda.operator import versioning
 
 from . import errors
 from .codestore import CodeStore, PackageMissing
-from .connections import read_body
+from .connections import read_json_object
 from .control import shapes
 from .control import store as store_api
 from .control.store import StoredAlias, StoredFunction, StoredVersion
@@ -450,14 +450,9 @@ class DeployAPI:
     async def put(self, request: web.Request) -> web.StreamResponse:
         assert self._deployments is not None
         s = self._settings
-        body = await read_body(
-            request, limit=s.max_sync_payload, timeout=s.body_timeout, too_large="The manifest is too large"
-        )
-        try:
-            manifest = jsontext.loads(body)
-        except jsontext.InvalidJSON as exc:
-            raise errors.invalid_content(f"The manifest is not JSON: {exc}") from None
-        if not isinstance(manifest, Mapping):
-            raise errors.invalid_content("The manifest must be a JSON object")
+        manifest = await read_json_object(
+            request, limit=s.max_sync_payload, timeout=s.body_timeout, too_large="The manifest is too large",
+            what="The manifest",
+        )  # fmt: skip
         deployed = await self._deployments.deploy(request.match_info["name"], manifest)
         return web.json_response(deployed.json(), status=201 if deployed.created else 200)

@@ -14,12 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from kambda import jsontext, manifests, naming, packages, specs
+from kambda import manifests, naming, packages, specs
 
 from .. import auth, errors
 from ..codemirror import ObjectStoreMirror
 from ..codestore import CodeStore
-from ..connections import read_body
+from ..connections import read_json_object
 from ..invoke_configs import InvokeConfigs
 from ..settings import GatewaySettings
 from . import operations, shapes
@@ -52,19 +52,10 @@ class ControlAPI:
     # ---- helpers ---------------------------------------------------------------------------------------------
 
     async def _body(self, request: web.Request, limit: int = operations.CONFIG_BODY_LIMIT) -> Mapping[str, Any]:
-        raw = await read_body(
+        return await read_json_object(
             request, limit=limit, timeout=operations.body_timeout(self._settings.body_timeout, limit),
-            too_large=f"Request must be smaller than {limit} bytes",
+            too_large=f"Request must be smaller than {limit} bytes", empty={},
         )  # fmt: skip
-        if not raw.strip():
-            return {}
-        try:
-            body = jsontext.loads(raw)
-        except jsontext.InvalidJSON as exc:
-            raise errors.invalid_content(f"Could not parse request body into json: {exc}") from None
-        if not isinstance(body, Mapping):
-            raise errors.invalid_content("The request body must be a JSON object")
-        return body
 
     def _ref(self, request: web.Request, *, qualifier: bool = False) -> naming.FunctionRef:
         """The function a request names. Only operations that take a Qualifier may name a version or alias: the

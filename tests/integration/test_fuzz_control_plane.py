@@ -61,6 +61,7 @@ from hypothesis import strategies as st
 from kambda import naming
 from kambda.gateway.control import operations
 from tests.integration.test_control_plane import Platform, app_zip, create, invoke
+from tests.integration.test_fuzz_gateway import json_scalars, json_values
 
 EXAMPLES = 50  # per operation
 MIN_REQUESTS = 500  # across all operations (24 x 50 = 1200)
@@ -103,17 +104,6 @@ HUGE_NUMBERS = [Raw("1" * 5000), Raw("-" + "9" * 4400), Raw("1" * 4300), Raw("1e
                 Raw("1E-400"), Raw("123456789012345678901234567890"), Raw("-0"), Raw("0.0"), Raw("1.5e300"),
                 2**63, -(2**63) - 1, 2**64, -1, -2_147_483_649, 0.5, -0.0]  # fmt: skip
 SURROGATES = [Raw('"\\ud800"'), Raw('"x\\udfffy"'), Raw('"\\udc80\\ud800"'), Raw('"\\u0000"'), Raw('"\\uffff"')]
-
-json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=5), st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
-    max_leaves=25,
-)
 
 
 @st.composite

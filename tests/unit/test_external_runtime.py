@@ -26,27 +26,34 @@ def test_foreign_processes_are_the_other_containers_not_pause_not_ours(tmp_path:
     assert external.foreign_processes(proc) == {20: "function", 21: "function"}
 
 
-async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_saw() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    alive = {"pids": set[int]()}
-    looks = [0]
+class Sightings:
+    """What the runtime sees of the pod's processes (`now`: pid -> cgroup), and how often it has looked."""
 
-    def pids() -> dict[int, str]:
-        looks[0] += 1
-        return dict.fromkeys(alive["pids"], "function-a")
+    def __init__(self, now: dict[int, str]) -> None:
+        self.now = now
+        self.looks = 0
 
-    async def looked(times: int) -> None:
-        """Until the runtime has looked for processes `times` more times (each look could have ended the wait)."""
-        until = looks[0] + times
+    def __call__(self) -> dict[int, str]:
+        self.looks += 1
+        return dict(self.now)
+
+    async def looked(self, times: int) -> None:
+        """Until the runtime has looked `times` more times (each look could have ended what it waits for)."""
+        until = self.looks + times
         async with asyncio.timeout(5):
-            while looks[0] < until:
+            while self.looks < until:
                 await asyncio.sleep(0.01)
 
-    runtime = external.ExternalRuntime(processes=pids)
+
+async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_saw() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sightings = Sightings({})
+    looked = sightings.looked
+    runtime = external.ExternalRuntime(processes=sightings)
     started = asyncio.ensure_future(runtime.started())
     await looked(3)
     assert not started.done()  # nothing runs yet: the container has not started
-    alive["pids"] = {child.pid}
+    sightings.now = {child.pid: "function-a"}
     await asyncio.wait_for(started, 5)
     assert runtime.pid == child.pid
     waiting = asyncio.ensure_future(runtime.wait())
@@ -54,10 +61,10 @@ async def test_it_waits_for_the_runtime_to_appear_and_to_go_and_kills_what_it_sa
     assert not waiting.done()
     runtime.kill()
     assert child.wait(5) == -9
-    alive["pids"] = set()
+    sightings.now = {}
     assert await asyncio.wait_for(waiting, 5) == 0 and runtime.returncode == 0
     runtime.kill()  # gone already: no error
-    assert os.getpid() not in alive["pids"]
+    assert os.getpid() not in sightings.now
 
 
 async def test_a_runc_helper_passing_through_is_not_taken_for_the_runtime() -> None:
@@ -77,26 +84,14 @@ async def test_a_container_restarted_between_two_looks_is_a_new_life() -> None:
     # The kubelet can restart a crashed container faster than the agent looks: the old container's processes are
     # gone, a new container's are there. That is an exit, not the same runtime going on (it was: an e2e crash
     # check then timed out instead of reporting Runtime.ExitError).
-    seen = {"now": {10: "container-1", 11: "container-1"}}
-    looks = [0]
-
-    def processes() -> dict[int, str]:
-        looks[0] += 1
-        return dict(seen["now"])
-
-    async def looked(times: int) -> None:
-        until = looks[0] + times
-        async with asyncio.timeout(5):
-            while looks[0] < until:
-                await asyncio.sleep(0.01)
-
-    runtime = external.ExternalRuntime(processes=processes)
+    sightings = Sightings({10: "container-1", 11: "container-1"})
+    runtime = external.ExternalRuntime(processes=sightings)
     await asyncio.wait_for(runtime.started(), 5)
     waiting = asyncio.ensure_future(runtime.wait())
-    seen["now"] = {12: "container-1", 20: "container-2"}  # a child it started since is still this life
-    await looked(3)
+    sightings.now = {12: "container-1", 20: "container-2"}  # a child it started since is still this life
+    await sightings.looked(3)
     assert not waiting.done()
-    seen["now"] = {20: "container-2", 21: "container-2"}  # restarted: only the new container's processes remain
+    sightings.now = {20: "container-2", 21: "container-2"}  # restarted: only the new container's processes remain
     assert await asyncio.wait_for(waiting, 5) == 0
 
 
