@@ -1,7 +1,11 @@
 """The Kubernetes backend's view of what can be invoked: it watches Function and Alias objects and keeps the
 registry equal to them. Each version's configuration comes from its ControllerRevision (immutable, cached);
-function-level settings (concurrency, scaling, async) from the Function itself. A watch that expires is resumed
-from a fresh list, so no change is missed for long."""
+function-level settings (concurrency, scaling, async) from the Function itself.
+
+A watch that ends (its timeout, a dropped connection) is resumed from the last resourceVersion it saw, so no event
+is missed and nothing is listed again; only a 410 Gone (the version is older than the API server keeps) makes it
+list again, and then what was deleted in the gap is removed too (`WatchState.relisted`): a relist that only added
+would keep serving a deleted Function."""
 
 from __future__ import annotations
 
@@ -23,6 +27,33 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 300
 
 
+class WatchState:
+    """One watched kind as last seen: its objects by name, and the resourceVersion to resume from (None: list)."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[str, dict[str, Any]] = {}
+        self.version: str | None = None
+
+    def relisted(self, items: list[dict[str, Any]], version: str) -> list[dict[str, Any]]:
+        """A fresh listing replaces what was seen; returns the objects it no longer has (deleted in the gap)."""
+        listed = {item["metadata"]["name"]: item for item in items}
+        gone = [body for name, body in self._bodies.items() if name not in listed]
+        self._bodies, self.version = listed, version
+        return gone
+
+    def saw(self, kind: str, body: dict[str, Any]) -> None:
+        """A watch event: ADDED/MODIFIED/DELETED keep the objects current; every event (BOOKMARK too) moves on."""
+        meta = body.get("metadata") or {}
+        if kind == "DELETED":
+            self._bodies.pop(meta.get("name", ""), None)
+        elif kind in ("ADDED", "MODIFIED"):
+            self._bodies[meta["name"]] = body
+        self.version = meta.get("resourceVersion") or self.version
+
+    def expired(self) -> None:
+        self.version = None
+
+
 class Watcher:
     def __init__(self, api: client.ApiClient, registry: Registry, namespace: str) -> None:
         self._custom = client.CustomObjectsApi(api)
@@ -30,7 +61,15 @@ class Watcher:
         self._registry = registry
         self._namespace = namespace
         self._snapshots: dict[tuple[str, str], dict[str, Any]] = {}  # (Function uid, version) -> versioned spec
+        self._states = {FUNCTIONS: WatchState(), ALIASES: WatchState()}
         self.synced = asyncio.Event()
+
+    def rewind(self, version: str) -> None:
+        """Resume every watch from `version` next time it starts: as after a compaction, a version the API server
+        may no longer have (tests force a 410 Gone with this)."""
+        for state in self._states.values():
+            if state.version is not None:
+                state.version = version
 
     async def run(self) -> None:
         functions_synced, aliases_synced = asyncio.Event(), asyncio.Event()
@@ -50,27 +89,35 @@ class Watcher:
         self, plural: str, handle: Callable[[str, dict[str, Any]], Awaitable[None]], synced: asyncio.Event
     ) -> None:
         lister = self._custom.list_namespaced_custom_object
+        state = self._states[plural]
         while True:
             try:
-                listing = await lister(GROUP, VERSION, self._namespace, plural)
-                for item in listing["items"]:
-                    await handle("ADDED", item)
+                if state.version is None:
+                    listing = await lister(GROUP, VERSION, self._namespace, plural)
+                    for gone in state.relisted(listing["items"], listing["metadata"]["resourceVersion"]):
+                        await handle("DELETED", gone)
+                    for item in listing["items"]:
+                        await handle("ADDED", item)
                 synced.set()
-                version = listing["metadata"]["resourceVersion"]
                 async with watch.Watch() as w:
                     async for event in w.stream(
-                        lister, GROUP, VERSION, self._namespace, plural,
-                        resource_version=version, timeout_seconds=WATCH_SECONDS,
+                        lister, GROUP, VERSION, self._namespace, plural, resource_version=state.version,
+                        timeout_seconds=WATCH_SECONDS, allow_watch_bookmarks=True,
                     ):  # fmt: skip
-                        await handle(event["type"], event["object"])
+                        body = event["object"] if event["type"] != "BOOKMARK" else event["raw_object"]
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            await handle(event["type"], body)
+                        state.saw(event["type"], body)
             except asyncio.CancelledError:
                 raise
             except ApiException as exc:
-                if exc.status != 410:  # 410 Gone: the watch expired; relist and carry on
-                    log.warning("watching %s failed (%s); retrying", plural, exc.status)
+                if exc.status == 410:  # Gone: the version is older than the API server keeps; list again
+                    state.expired()
+                else:
+                    log.warning("watching %s failed (%s); resuming", plural, exc.status)
                     await asyncio.sleep(1)
             except Exception:
-                log.exception("watching %s failed; retrying", plural)
+                log.exception("watching %s failed; resuming", plural)
                 await asyncio.sleep(1)
 
     async def _on_function(self, kind: str, body: dict[str, Any]) -> None:
