@@ -22,6 +22,7 @@ from . import OnGone
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = "pending-"
+SCALE_ATTEMPTS = 20  # read-modify-write rounds before giving up (each lost round means another writer won)
 
 
 class KubernetesBackend:
@@ -43,12 +44,24 @@ class KubernetesBackend:
         return f"{version.spec.name}-v{version.version}", version.spec.namespace
 
     async def _scale_by(self, version: FunctionVersion, delta: int) -> int:
+        """Change `replicas` by `delta`, at the resourceVersion read (optimistic concurrency): another writer in
+        between (another gateway replica, the scaler's own concurrent steps) is a 409, and the change is applied
+        again to what the scale is then, never lost."""
         name, namespace = self._target(version)
-        scale = await self._apps.read_namespaced_deployment_scale(name, namespace)
-        replicas = max(0, (scale.spec.replicas or 0) + delta)
-        await self._apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
-        log.info("scaled %s/%s to %d", namespace, name, replicas)
-        return replicas
+        for _ in range(SCALE_ATTEMPTS):
+            scale = await self._apps.read_namespaced_deployment_scale(name, namespace)
+            replicas = max(0, (scale.spec.replicas or 0) + delta)
+            # A patch naming the resourceVersion it was computed from is refused (409) if the scale moved since.
+            body = {"metadata": {"resourceVersion": scale.metadata.resource_version}, "spec": {"replicas": replicas}}
+            try:
+                await self._apps.patch_namespaced_deployment_scale(name, namespace, body)
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                raise
+            log.info("scaled %s/%s to %d", namespace, name, replicas)
+            return replicas
+        raise RuntimeError(f"{namespace}/{name}: the scale kept changing under {SCALE_ATTEMPTS} attempts")
 
     async def adopt(self, version: FunctionVersion) -> list[str]:
         name, namespace = self._target(version)
