@@ -17,6 +17,10 @@ class Admission:
         self.total = 0
         self.by_function: dict[str, int] = {}
 
+    def resize(self, gateway_limit: int) -> None:
+        """This replica's share of the gateway-wide limit changed (it owns more or fewer functions)."""
+        self.gateway_limit = gateway_limit
+
     def try_acquire(self, function: str, reserved: int | None) -> str | None:
         """Take one unit for `function`; returns the throttle Reason instead when a cap is reached."""
         held = self.by_function.get(function, 0)

@@ -27,7 +27,10 @@ from .dispatching import Dispatcher
 from .invoke_api import InvokeAPI
 from .invoke_configs import InvokeConfigs
 from .invoking import Invoker
+from .leases import Ownership
 from .metrics import Metrics
+from .peering import PeerAPI, PeerClient
+from .placement import Placement
 from .queueing import EventQueue
 from .queues.sqlite import SQLiteQueue
 from .registry import Registry
@@ -80,6 +83,7 @@ def create_app(
     deployments: Deployments | None = None,  # the local backend's deploy API; None: not served
     functions: FunctionStore | None = None,  # the control plane's store; None: the control-plane API is not served
     authenticator: Authenticator | None = None,  # None: anonymous
+    ownership: Ownership | None = None,  # replicas: who owns which function (None: this gateway owns all)
 ) -> web.Application:
     middlewares = [_aws_errors, *([auth.middleware(authenticator)] if authenticator is not None else [])]
     # Every handler reads its body with its own limit (connections.read_body): this is only aiohttp's ceiling.
@@ -92,7 +96,11 @@ def create_app(
         queue_timeout=settings.queue_timeout,
     )
     metrics.watch(dispatcher)
-    scaler = Scaler(dispatcher, backend, metrics, gateway_cap=settings.max_concurrency, tick=settings.scaler_tick)
+    ownership = ownership or Ownership.alone()
+    scaler = Scaler(
+        dispatcher, backend, metrics, gateway_cap=settings.max_concurrency, tick=settings.scaler_tick,
+        owned=ownership.is_mine,
+    )  # fmt: skip
     scaler_box.append(scaler)
     app[SETTINGS] = settings
     app[REGISTRY] = registry
@@ -102,15 +110,27 @@ def create_app(
     endpoints = app[ENDPOINTS] = Endpoints()
     app[READY] = asyncio.Event()
 
-    admission = Admission(settings.max_concurrency)
-    invoker = Invoker(dispatcher, metrics)
+    admission = Admission(ownership.share(settings.max_concurrency))
+    invoker = Invoker(dispatcher, metrics, admission)
+    peers = PeerClient(signing_key)
+    placement = Placement(ownership, invoker, peers, metrics)
+    servicer = rpc.RuntimeInterface(registry, dispatcher, signing_key, ownership)
+
+    def owners_changed(gained: set[int], lost: set[int]) -> None:
+        admission.resize(ownership.share(settings.max_concurrency))
+        if lost:
+            servicer.hand_over()
+        scaler.poke()
+
+    ownership.on_change(owners_changed)
     queue = open_queue(settings)
     configs = InvokeConfigs(settings.data_dir / "event-invoke-configs.json")
     deliverer = Deliverer(
-        queue=queue, registry=registry, invoker=invoker, admission=admission, metrics=metrics, configs=configs,
+        queue=queue, registry=registry, placement=placement, metrics=metrics, configs=configs,
         settings=settings,
     )  # fmt: skip
-    api = InvokeAPI(settings, registry, invoker, admission, metrics, queue, deliverer.poke)
+    api = InvokeAPI(settings, registry, placement, metrics, queue, deliverer.poke)
+    PeerAPI(registry, ownership, invoker, signing_key).add_routes(app.router)
     app.router.add_post("/2015-03-31/functions/{name}/invocations", api.invoke)
     AsyncAPI(settings, registry, queue, configs, deliverer.poke).add_routes(app.router)
     store = store or CodeStore(settings.data_dir / "packages")
@@ -126,10 +146,10 @@ def create_app(
     app.router.add_get("/metrics", _metrics)
 
     async def run_grpc(app: web.Application) -> AsyncIterator[None]:
-        servicer = rpc.RuntimeInterface(registry, dispatcher, signing_key)
         server, endpoints.grpc_port = await rpc.start_server(servicer, settings.grpc_host, settings.grpc_port)
         yield
         await server.stop(grace=1)
+        await peers.close()
 
     async def run_backend(app: web.Application) -> AsyncIterator[None]:
         await backend.open(scaler.instance_gone, endpoints.grpc_target(settings.grpc_host))

@@ -18,11 +18,11 @@ import uuid
 from kambda import naming
 
 from . import retrying
-from .admission import Admission
 from .dispatching import Invocation, NoInstance, Outcome
 from .invoke_configs import InvokeConfigs
-from .invoking import Invoker
+from .invoking import Throttled
 from .metrics import Metrics
+from .placement import NoOwner, OwnerLost, Placement
 from .queueing import DEAD_LETTERED, RETRYING, SUCCEEDED, DeadLetter, Event, EventQueue, Status
 from .registry import FunctionVersion, NotFound, Registry
 from .retention import Retention
@@ -39,16 +39,14 @@ class Deliverer:
         *,
         queue: EventQueue,
         registry: Registry,
-        invoker: Invoker,
-        admission: Admission,
+        placement: Placement,
         metrics: Metrics,
         configs: InvokeConfigs,
         settings: GatewaySettings,
     ) -> None:
         self._queue = queue
         self._registry = registry
-        self._invoker = invoker
-        self._admission = admission
+        self._placement = placement
         self._metrics = metrics
         self._configs = configs
         self._settings = settings
@@ -141,10 +139,6 @@ class Deliverer:
 
     async def _attempt(self, event: Event, version: FunctionVersion) -> tuple[retrying.Result, Outcome | None]:
         spec = version.spec
-        reason = self._admission.try_acquire(version.function, spec.concurrency.reserved)
-        if reason is not None:
-            self._metrics.throttles.labels(spec.name, reason).inc()
-            return retrying.Result.THROTTLED, None
         self._inflight[spec.name] = self._inflight.get(spec.name, 0) + 1
         event.attempts += 1
         invocation = Invocation(
@@ -154,12 +148,16 @@ class Deliverer:
             trace_id=event.trace_id,
         )
         try:
-            outcome = await self._invoker.run(version, invocation)
-        except NoInstance:
+            outcome = await self._placement.run(version, invocation)
+        except Throttled:
+            event.attempts -= 1  # a throttle is no attempt (Lambda retries throttles on their own clock)
+            return retrying.Result.THROTTLED, None
+        except (NoInstance, NoOwner):
             event.attempts -= 1  # never reached the function
             return retrying.Result.PLATFORM_ERROR, None
+        except OwnerLost:
+            return retrying.Result.PLATFORM_ERROR, None  # it may have run: this attempt counts
         finally:
-            self._admission.release(version.function)
             self._inflight[spec.name] -= 1
         if outcome.error_type is not None:
             return retrying.Result.FUNCTION_ERROR, outcome

@@ -47,6 +47,13 @@ class Invocation:
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     timer: asyncio.TimerHandle | None = None  # queued: the wait for an instance; running: the deadline + grace
 
+    def again(self) -> Invocation:
+        """The same invocation, to be submitted afresh (a future resolves once)."""
+        return Invocation(
+            self.request_id, self.payload, self.invoked_arn, self.trace_id, self.client_context,
+            self.cognito_identity, self.tail_logs, self.enqueued_at,
+        )  # fmt: skip
+
     def message(self, timeout_seconds: float) -> pb.GatewayMessage:
         return pb.GatewayMessage(
             invocation=pb.Invocation(
@@ -98,6 +105,10 @@ class Pool:
 
 class NoInstance(Exception):
     """No instance took the invocation within the queue timeout (the backend cannot start one)."""
+
+
+class Moved(Exception):
+    """The function's owner changed while the invocation waited here: nothing ran, it goes to the new owner."""
 
 
 GRACE_SECONDS = 10.0  # beyond the function timeout, before a silent instance's invocation is failed
@@ -160,6 +171,26 @@ class Dispatcher:
         message = b'{"errorType":"Sandbox.Timedout","errorMessage":"the instance stopped answering"}'
         self.finish(instance, Outcome(message, "Sandbox.Timedout"))
         asyncio.get_running_loop().create_task(self.retire(instance, "unresponsive", busy_ok=True))
+
+    def hand_over(self, owned: Callable[[str], bool]) -> list[Instance]:
+        """This replica no longer owns some functions: their waiting invocations fail with `Moved` (their callers
+        send them to the new owner) and their idle instances are returned, retired here, to be sent there too.
+        Busy instances finish what they run; the runtime interface moves them at their next Next."""
+        moving: list[Instance] = []
+        for pool in self.pools.values():
+            if owned(pool.version.function):
+                continue
+            while pool.pending:
+                invocation = pool.pending.popleft()
+                if invocation.timer is not None:
+                    invocation.timer.cancel()
+                if not invocation.future.done():
+                    invocation.future.set_exception(Moved())
+            for instance in pool.idle:
+                instance.retired = True
+                moving.append(instance)
+            pool.idle.clear()
+        return moving
 
     # ---- the instance's side ---------------------------------------------------------------------------------
 

@@ -20,11 +20,11 @@ from aiohttp import web
 from kambda import jsontext, naming
 
 from . import errors
-from .admission import Admission
 from .connections import read_body
-from .dispatching import Invocation, NoInstance, Outcome
-from .invoking import Invoker
+from .dispatching import Invocation, NoInstance
+from .invoking import Throttled
 from .metrics import Metrics
+from .placement import NoOwner, OwnerLost, Placement
 from .queueing import Event, EventQueue
 from .registry import FunctionVersion, NotFound, Registry
 from .settings import GatewaySettings
@@ -56,16 +56,14 @@ class InvokeAPI:
         self,
         settings: GatewaySettings,
         registry: Registry,
-        invoker: Invoker,
-        admission: Admission,
+        placement: Placement,
         metrics: Metrics,
         queue: EventQueue,
         on_enqueued: Callable[[], None],
     ) -> None:
         self._settings = settings
         self._registry = registry
-        self._invoker = invoker
-        self._admission = admission
+        self._placement = placement
         self._metrics = metrics
         self._queue = queue
         self._on_enqueued = on_enqueued  # wakes the deliverer
@@ -154,33 +152,6 @@ class InvokeAPI:
 
     async def run_sync(self, req: InvokeRequest, request_id: str) -> web.StreamResponse:
         spec = req.version.spec
-        function = req.version.function
-        reason = self._admission.try_acquire(function, spec.concurrency.reserved)
-        if reason is not None:
-            self._metrics.throttles.labels(spec.name, reason).inc()
-            raise errors.throttled(reason)
-        try:
-            outcome = await self.execute(req, request_id)
-        finally:
-            self._admission.release(function)
-        if outcome is None:
-            raise errors.AWSError(
-                502,
-                "ResourceNotReadyException",
-                f"No instance of {spec.name} became ready within {self._settings.queue_timeout:g} seconds",
-            )
-        headers = {
-            "X-Amz-Executed-Version": req.version.version,
-            "x-amzn-RequestId": request_id,
-        }
-        if outcome.error_type is not None:
-            headers["X-Amz-Function-Error"] = "Unhandled"
-        if req.tail_logs:
-            headers["X-Amz-Log-Result"] = base64.b64encode(outcome.log_tail).decode()
-        return web.Response(status=200, body=outcome.payload, headers=headers, content_type="application/json")
-
-    async def execute(self, req: InvokeRequest, request_id: str) -> Outcome | None:
-        """Dispatch one invocation and wait for its outcome; None if no instance took it in time."""
         invocation = Invocation(
             request_id=request_id,
             payload=req.payload,
@@ -190,9 +161,28 @@ class InvokeAPI:
             tail_logs=req.tail_logs,
         )
         try:
-            return await self._invoker.run(req.version, invocation)
+            outcome = await self._placement.run(req.version, invocation)
+        except Throttled as exc:
+            raise errors.throttled(exc.reason) from None
         except NoInstance:
-            return None
+            raise errors.AWSError(
+                502,
+                "ResourceNotReadyException",
+                f"No instance of {spec.name} became ready within {self._settings.queue_timeout:g} seconds",
+            ) from None
+        except NoOwner:
+            raise errors.unavailable(f"No gateway replica serves {spec.name} at the moment") from None
+        except OwnerLost as exc:
+            raise errors.AWSError(502, "ServiceException", f"The gateway replica running it was lost: {exc}") from None
+        headers = {
+            "X-Amz-Executed-Version": req.version.version,
+            "x-amzn-RequestId": request_id,
+        }
+        if outcome.error_type is not None:
+            headers["X-Amz-Function-Error"] = "Unhandled"
+        if req.tail_logs:
+            headers["X-Amz-Log-Result"] = base64.b64encode(outcome.log_tail).decode()
+        return web.Response(status=200, body=outcome.payload, headers=headers, content_type="application/json")
 
 
 def _client_context(header: str | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -28,6 +29,7 @@ from .control import shapes
 from .control.store import FunctionStore
 from .deployments import Deployments
 from .invoke_api import MAX_HEADERS_BYTES
+from .leases import LeaseKeeper, Ownership, Peer
 from .registry import FunctionVersion, Registry
 from .settings import GatewaySettings
 
@@ -142,6 +144,24 @@ class Keys:
     where: str
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """Several gateway replicas sharing functions through Leases in `namespace` (`leases.py`)."""
+
+    api: Any  # kubernetes_asyncio ApiClient
+    namespace: str
+    prefix: str
+
+    def ownership(self, settings: GatewaySettings, http_port: int) -> tuple[Ownership, LeaseKeeper]:
+        if not settings.advertise_host or not settings.identity or not settings.grpc_port:
+            raise StartError("several replicas need --advertise-host, --identity and a fixed --grpc-port")
+        host = settings.advertise_host
+        me = Peer(settings.identity, f"{host}:{http_port}", f"{host}:{settings.grpc_port}")
+        state = Ownership(me, settings.replica_buckets)
+        keeper = LeaseKeeper(self.api, self.namespace, self.prefix, state, duration=settings.replica_lease_seconds)
+        return state, keeper
+
+
 async def serve(
     settings: GatewaySettings,
     registry: Registry,
@@ -152,6 +172,7 @@ async def serve(
     deployments: Deployments | None = None,
     functions: FunctionStore | None = None,
     keys: Keys | None = None,
+    replicas: Replicas | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     authenticator, announcement = authentication(settings, keys)
@@ -166,6 +187,9 @@ async def serve(
     except OSError as exc:  # asyncio rewords the error ("error while attempting to bind..."): say it plainly
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
+    ownership, keeper = (None, None)
+    if replicas is not None:
+        ownership, keeper = replicas.ownership(settings, listener.sockets[0].getsockname()[1])
     app = create_app(
         settings,
         registry,
@@ -175,6 +199,7 @@ async def serve(
         deployments=deployments,
         functions=functions,
         authenticator=authenticator,
+        ownership=ownership,
     )
     runner = web.AppRunner(
         app,
@@ -195,6 +220,7 @@ async def serve(
         shutdown_timeout=1.0,
     )
     sweeper: asyncio.Task[None] | None = None
+    keeping: asyncio.Task[None] | None = None
     try:
         try:
             await runner.setup()
@@ -203,6 +229,9 @@ async def serve(
         assert runner.server is not None
         guard.attach(runner.server)
         sweeper = asyncio.create_task(guard.run(), name="connection-guard")
+        if keeper is not None:
+            await keeper.step()  # serve knowing the owners (and owning a share) from the first request
+            keeping = asyncio.create_task(keeper.run(), name="replica-leases")
         await listener.start_serving()
         port = listener.sockets[0].getsockname()[1]
         names = ", ".join(sorted(fv.spec.name for fv in registry.functions())) or "none"
@@ -216,14 +245,20 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        if keeper is not None:
+            # Hand the functions over first: what waits here goes to their new owners, and new requests are
+            # forwarded there while in-flight ones finish.
+            with contextlib.suppress(Exception):
+                await keeper.release()
         listener.close()
         log.info("stopping: %d connections open, in-flight requests get %g s", len(guard), settings.shutdown_grace)
         await guard.shutdown(settings.shutdown_grace)
     finally:
         listener.close()
-        if sweeper is not None:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+        for task in (sweeper, keeping):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
 
 
@@ -329,8 +364,12 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
                 backend = KubernetesBackend(api, settings.image_runtimes)
                 place = shapes.Place(settings.region, settings.account_id)
                 functions = KubernetesFunctionStore(api, settings.namespace, registry, place)
+                replicas = None
+                if settings.replica_leases:
+                    lease_namespace, _, prefix = settings.replica_leases.rpartition("/")
+                    replicas = Replicas(api, lease_namespace or settings.namespace, prefix)
                 await serve(settings, registry, backend, signing_key, store=store, functions=functions,
-                            keys=await _secret_keys(api, settings, tasks))  # fmt: skip
+                            keys=await _secret_keys(api, settings, tasks), replicas=replicas)  # fmt: skip
             finally:
                 for task in tasks:
                     task.cancel()

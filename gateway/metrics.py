@@ -26,6 +26,13 @@ class Metrics:
             ["function", "version", "outcome"],
             registry=r,
         )
+        self.placements = Counter(
+            "kambda_invocation_placements",
+            "Invocations this replica accepted (sync and async deliveries), by where they ran: here (it owns the "
+            "function) or forwarded to the owning replica.",
+            ["function", "placement"],
+            registry=r,
+        )
         self.throttles = Counter(
             "kambda_throttles", "Invocations refused with 429, by Lambda's Reason.", ["function", "reason"], registry=r
         )

@@ -1,4 +1,9 @@
-"""The gateway's end of the gRPC runtime interface: authenticates each agent stream and feeds the dispatcher."""
+"""The gateway's end of the gRPC runtime interface: authenticates each agent stream and feeds the dispatcher.
+
+With several replicas an agent's stream is kept only by the owner of its function (`leases.Ownership`); another
+replica sends it on (FAILED_PRECONDITION naming the owner's address in `kambda-owner`, which the agent dials), and
+an owner that loses a function sends its instances on too: idle ones at once, busy ones when they next ask for work.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,18 @@ import asyncio
 import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn, TypeAlias
 
 import grpc
 from grpc import aio
 
 from kambda import credentials, streams
+from kambda.naming import OWNER_METADATA
 from kambda.runtime.rpc import runtime_pb2 as pb
 from kambda.runtime.rpc import runtime_pb2_grpc as pb_grpc
 
-from .dispatching import Dispatcher, Outcome
+from .dispatching import Dispatcher, Instance, Outcome
+from .leases import Ownership
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -34,17 +42,41 @@ SERVER_OPTIONS = (
 )
 
 
+Context: TypeAlias = aio.ServicerContext[pb.AgentMessage, pb.GatewayMessage]
+
+
 class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
-    def __init__(self, registry: Registry, dispatcher: Dispatcher, signing_key: bytes) -> None:
+    def __init__(
+        self, registry: Registry, dispatcher: Dispatcher, signing_key: bytes, ownership: Ownership | None = None
+    ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._key = signing_key
+        self._ownership = ownership or Ownership.alone()
+        self._sessions: dict[Instance, asyncio.Task[object]] = {}
+        self._moving: set[Instance] = set()
 
-    async def Session(
-        self,
-        request_iterator: AsyncIterator[pb.AgentMessage],
-        context: aio.ServicerContext[pb.AgentMessage, pb.GatewayMessage],
-    ) -> None:
+    def hand_over(self) -> None:
+        """Functions were lost to other replicas: send their idle instances on (busy ones go at their next Next)."""
+        for instance in self._dispatcher.hand_over(self._ownership.is_mine):
+            task = self._sessions.get(instance)
+            if task is not None:
+                self._moving.add(instance)
+                task.cancel()
+
+    async def _send_on(self, context: Context, function: str) -> NoReturn:
+        peer = self._ownership.owner(function)
+        if peer is None or peer == self._ownership.me:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{function} has no owner at the moment; try again")
+        assert peer is not None
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{function} is served by {peer.identity}",
+            trailing_metadata=((OWNER_METADATA, peer.grpc),),
+        )
+        raise AssertionError("abort returns only by raising")
+
+    async def Session(self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context) -> None:
         md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         function = md.get("kambda-function", "")
         token = md.get("authorization", "").removeprefix("Bearer ")
@@ -55,27 +87,40 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
         if version is None or not instance_id:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no such function version: {function}")
         assert version is not None
+        bucket = self._ownership.bucket(function)
+        if not self._ownership.holds(bucket):
+            await self._send_on(context, function)
         instance = self._dispatcher.connect(version, instance_id, _serialised_writer(context))
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[instance] = task
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("kind")
-                if kind == "next":
-                    await self._dispatcher.ready(instance)
-                elif kind == "response":
+                wants_next = kind == "next"
+                if kind == "response":
                     r = message.response
                     self._dispatcher.finish(instance, Outcome(r.payload, None, r.report, r.log_tail))
-                    if r.and_next:
-                        await self._dispatcher.ready(instance)
+                    wants_next = r.and_next
                 elif kind == "error":
                     e = message.error
                     self._dispatcher.finish(instance, Outcome(e.payload, e.error_type, e.report, e.log_tail))
-                    if e.and_next:
-                        await self._dispatcher.ready(instance)
+                    wants_next = e.and_next
                 elif kind == "decline":
                     await self._dispatcher.decline(instance, message.decline.request_id)
                 elif kind == "init_error":
                     log.warning("%s init failed: %s", function, message.init_error.error_type)
+                if wants_next:
+                    if not self._ownership.holds(bucket):
+                        await self._send_on(context, function)  # it stays Next-outstanding: the owner serves it
+                    await self._dispatcher.ready(instance)
+        except asyncio.CancelledError:
+            if instance not in self._moving:
+                raise
+            await self._send_on(context, function)
         finally:
+            self._sessions.pop(instance, None)
+            self._moving.discard(instance)
             self._dispatcher.disconnect(instance)
 
 

@@ -1,7 +1,9 @@
 """The scaler loop: on demand (work waiting with no idle instance) and on a tick, decide and apply per version.
 
 Deciding is `scaling.decide`; applying is asking the backend for instances and retiring idle ones through the
-dispatcher (a Stop on the instance's own stream, so an instance is never stopped while it holds work).
+dispatcher (a Stop on the instance's own stream, so an instance is never stopped while it holds work). With several
+gateway replicas only a function's owner scales it (`owned`), so each version has one decider at a time; a replica
+that gains a function adopts what runs of it before deciding anything.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from . import scaling
 from .backends import Backend
@@ -44,8 +47,16 @@ def state_of(pool: Pool) -> scaling.State:
 
 class Scaler:
     def __init__(
-        self, dispatcher: Dispatcher, backend: Backend, metrics: Metrics, *, gateway_cap: int, tick: float = 1.0
+        self,
+        dispatcher: Dispatcher,
+        backend: Backend,
+        metrics: Metrics,
+        *,
+        gateway_cap: int,
+        tick: float = 1.0,
+        owned: Callable[[str], bool] = lambda function: True,
     ) -> None:
+        self._owned = owned
         self._dispatcher = dispatcher
         self._backend = backend
         self._metrics = metrics
@@ -77,11 +88,15 @@ class Scaler:
 
     async def reconcile(self, now: float) -> None:
         for pool in list(self._dispatcher.pools.values()):
+            if not self._owned(pool.version.function):
+                self._adopted.discard(pool.version.key)  # adopted afresh if it comes back
+                continue
             if pool.version.key not in self._adopted:
                 # Instances left running by a previous gateway count as starting until they reconnect, so a
                 # restart does not scale up beside them (nor, if they never return, keep them past the idle window).
                 self._adopted.add(pool.version.key)
                 left_running = await self._backend.adopt(pool.version)
+                pool.starting.clear()  # what it expected when it last owned the version is stale
                 pool.starting.update(dict.fromkeys(scaling.still_to_reconnect(left_running, len(pool.instances)), now))
             decision = scaling.decide(state_of(pool), policy_for(pool, self._gateway_cap), now)
             labels = (pool.version.spec.name, pool.version.version)

@@ -50,3 +50,10 @@ class GatewaySettings:
     # announced at start), auto (keys if there is any access key at start, else none).
     auth: str = "auto"
     keys_secret: str = ""  # Kubernetes: the access-keys Secret, NAMESPACE/NAME
+    # Several replicas (Kubernetes, `leases.py`): functions are owned through Leases "<prefix>-*" in a namespace
+    # ("NAMESPACE/PREFIX"; "" = one replica, which owns everything), shared out in `replica_buckets` buckets.
+    replica_leases: str = ""
+    replica_buckets: int = 8
+    replica_lease_seconds: float = 10.0
+    advertise_host: str = ""  # where the other replicas and the agents reach this one (a pod's IP)
+    identity: str = ""  # this replica's holder name in the Leases (a pod's name)

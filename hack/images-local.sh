@@ -26,7 +26,8 @@ TAG=$(find kambda gateway runtime operator pyproject.toml hack/images-local.sh h
   -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-12)
 
 base() { # base NAME PACKAGES [SUITE] -> a cached, trimmed debootstrap rootfs tarball
-  local out=$CACHE/$1-base.tar root suite=${3:-bookworm}
+  # Keyed by the package list too: adding a package to an image must not reuse an older base without it.
+  local out=$CACHE/$1-$(echo "$2 ${3:-bookworm}" | cksum | cut -d" " -f1)-base.tar root suite=${3:-bookworm}
   if [ ! -s "$out" ]; then
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     root=$(mktemp -d)
@@ -102,4 +103,5 @@ build kambda-runtime-python3.13 "localhost/kambda-runtime-python3.13:$TAG" pytho
 NODE_RIC=$(bash "$ROOT/hack/build-node-ric.sh")
 NODE_RIC=$NODE_RIC build kambda-runtime-nodejs "localhost/kambda-runtime-nodejs:$TAG" python3,nodejs,ca-certificates \
   "" '["python3","-m","kambda.runtime.agent"]' trixie 3.13
-build kambda "localhost/kambda:$TAG" python3,ca-certificates "[platform]" '["python3","-m","kambda"]'
+# nats-server: the NATS JetStream a test installation of several replicas runs its queue on (tests/install.py).
+build kambda "localhost/kambda:$TAG" python3,ca-certificates,nats-server "[platform]" '["python3","-m","kambda"]'

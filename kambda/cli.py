@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -52,6 +53,11 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         image_runtimes=tuple(runtime for runtime, _ in map(_runtime_image, args.runtime_image_for or ())),
         auth=args.auth,
         keys_secret=args.keys_secret,
+        replica_leases=getattr(args, "replica_leases", ""),
+        replica_buckets=getattr(args, "replica_buckets", 8),
+        replica_lease_seconds=getattr(args, "replica_lease_seconds", 10.0),
+        advertise_host=getattr(args, "advertise_host", ""),
+        identity=getattr(args, "identity", "") or os.environ.get("HOSTNAME", ""),
     )
 
 
@@ -401,6 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--backend", choices=("local", "kubernetes"), default="kubernetes")
     gateway.add_argument("--directory", default=".", help="manifests, with --backend local")
     gateway.add_argument("--signing-key-file", help="the key shared with the operator (else $KAMBDA_SIGNING_KEY)")
+    gateway.add_argument("--replica-leases", default="", metavar="NAMESPACE/PREFIX",
+                         help="several replicas: share functions through the Leases PREFIX-* in NAMESPACE")  # fmt: skip
+    gateway.add_argument("--replica-buckets", type=int, default=8,
+                         help="functions are shared among replicas in this many buckets (one Lease each)")  # fmt: skip
+    gateway.add_argument("--replica-lease-seconds", type=float, default=10.0,
+                         help="a dead replica's functions move to the others after this")  # fmt: skip
+    gateway.add_argument("--advertise-host", default="",
+                         help="the address other replicas and agents reach this one at (a pod: its IP)")  # fmt: skip
+    gateway.add_argument("--identity", default="", help="this replica's name in the Leases (default $HOSTNAME)")
     _gateway_arguments(gateway)
     gateway.set_defaults(func=_gateway)
 

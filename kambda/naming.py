@@ -70,3 +70,7 @@ def parse_function_ref(function_name: str, qualifier: str | None = None) -> Func
 def function_arn(region: str, account: str, name: str, qualifier: str | None = None) -> str:
     arn = f"arn:aws:lambda:{region}:{account}:function:{name}"
     return f"{arn}:{qualifier}" if qualifier else arn
+
+
+# The runtime interface's redirect (gateway replicas): trailing metadata naming the owning replica's address.
+OWNER_METADATA = "kambda-owner"

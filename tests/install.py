@@ -65,6 +65,7 @@ class Release:
     functions: str
     gateway_args: list[str] = field(default_factory=list)
     name: str = field(default_factory=lambda: f"k{uuid.uuid4().hex[:6]}")
+    replicas: int = 1  # more than one: the NATS queue, on a NATS JetStream this installs first (`_install_nats`)
 
     @property
     def system(self) -> str:
@@ -82,7 +83,9 @@ class Release:
 
     def install(self) -> None:
         self.kube.kubectl("create", "namespace", self.system)
-        self._create_volume()
+        if self.replicas == 1:  # several replicas keep nothing on disk: the queue and the packages are in NATS
+            self._create_volume()
+        queue = {"backend": "nats", "natsUrl": self._install_nats()} if self.replicas > 1 else {}
         repo, _, tag = self.images.platform.rpartition(":")
         runtime_repo, _, runtime_tag = self.images.runtime.rpartition(":")
         values = {
@@ -98,6 +101,8 @@ class Release:
                 "service": {"type": "NodePort"},
                 "persistence": {"storageClass": "-", "size": "1Gi"},
                 "extraArgs": self.gateway_args,
+                "replicas": self.replicas,
+                **({"queue": queue} if queue else {}),
             },
         }
         result = self.helm(
@@ -105,6 +110,31 @@ class Release:
             "--timeout", "240s", values=json.dumps(values),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr + self.logs("gateway") + self.logs("operator")
+
+    def _install_nats(self) -> str:
+        """A one-pod NATS JetStream in the system namespace (the platform image carries Debian's nats-server), as a
+        user would run NATS next to the chart; its URL by ClusterIP, since the test cluster has no DNS."""
+        labels = {"app": "nats"}
+        objects = [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nats"},
+             "spec": {"selector": labels, "ports": [{"name": "client", "port": 4222, "targetPort": 4222}]}},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "nats"},
+             "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                 "metadata": {"labels": labels},
+                 "spec": {"securityContext": {"runAsUser": GATEWAY_UID, "runAsGroup": GATEWAY_UID},
+                          "containers": [{"name": "nats", "image": self.images.platform, "imagePullPolicy": "Never",
+                                          "command": ["nats-server", "--jetstream", "--store_dir", "/data",
+                                                      "--port", "4222"],
+                                          "readinessProbe": {"tcpSocket": {"port": 4222}, "periodSeconds": 1},
+                                          "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                          "volumes": [{"name": "data", "emptyDir": {}}]}}}},
+        ]  # fmt: skip
+        for obj in objects:
+            self.kube.kubectl("apply", "-n", self.system, "-f", "-", input=json.dumps(obj))
+        self.kube.kubectl("rollout", "status", "deployment/nats", "-n", self.system, "--timeout=120s")
+        service = self.kube.get("service", "nats", self.system)
+        assert service is not None
+        return f"nats://{service['spec']['clusterIP']}:4222"
 
     def admin_key(self) -> tuple[str, str]:
         """The access key the chart made (AccessKeyId, SecretAccessKey)."""

@@ -6,6 +6,10 @@ One asked for ahead of the runtime (`and_next`, which saves a round trip) waits 
 runtime to come back to /next; otherwise it is declined, so the gateway gives it to an instance that is free —
 Lambda hands work only to a runtime that asked. Results sent while the gateway is unreachable are dropped: their
 caller's connection died with it. Writes on the stream are serialised: gRPC allows one outstanding write per call.
+
+With several gateway replicas the agent dials the gateway's Service (its home address) and is sent on to the replica
+that owns its function (FAILED_PRECONDITION with the owner's address in `kambda-owner`); when that stream is lost
+it starts from home again, which sends it to whoever owns the function then.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
 from grpc import aio
 
 from kambda import streams
+from kambda.naming import OWNER_METADATA
 
 from ..rpc import runtime_pb2 as pb
 from ..rpc import runtime_pb2_grpc as pb_grpc
@@ -56,9 +61,16 @@ class SessionRejected(Exception):
     """The gateway refused this sandbox for good (bad credential, unknown function): retrying cannot help."""
 
 
+Dial = Callable[[str], aio.Channel]
+
+
 class Session:
-    def __init__(self, channel: aio.Channel, identity: Identity, *, on_stop: Callable[[str], None]) -> None:
-        self._stub = pb_grpc.RuntimeInterfaceStub(channel)  # type: ignore[no-untyped-call]
+    def __init__(
+        self, channel: aio.Channel, identity: Identity, *, on_stop: Callable[[str], None], dial: Dial | None = None
+    ) -> None:
+        self._home = pb_grpc.RuntimeInterfaceStub(channel)  # type: ignore[no-untyped-call]
+        self._dial = dial or (lambda target: aio.insecure_channel(target))
+        self._redirected: tuple[str, aio.Channel, pb_grpc.RuntimeInterfaceStub] | None = None
         self._identity = identity
         self._on_stop = on_stop
         self._call: aio.StreamStreamCall | None = None
@@ -84,7 +96,8 @@ class Session:
         """Keep a stream open until closed or rejected; dispatch what the gateway sends."""
         attempt = 0
         while not self._closed:
-            call = self._stub.Session(metadata=self._identity.metadata())
+            stub = self._home if self._redirected is None else self._redirected[2]
+            call = stub.Session(metadata=self._identity.metadata())
             self._call = call
             try:
                 if self._next_outstanding:
@@ -102,11 +115,21 @@ class Session:
                 # on the first write, not AioRpcError: either way its status says what happened. Uncaught, it once
                 # ended this loop for good and left an agent alive but never reconnecting.
                 code, details = await call.code(), await call.details()
-                if code in FATAL_CODES:
+                owner = _owner(await call.trailing_metadata()) if code == grpc.StatusCode.FAILED_PRECONDITION else ""
+                # Sent on: dial the owner (at once the first time; replicas that disagree for a moment back off).
+                # Lost or refused: start over from the gateway's Service, which knows the owner of the moment.
+                await self._redirect(owner or None)
+                if owner:
+                    log.info("the gateway sends this sandbox to %s (%s)", owner, details)
+                    if attempt == 0:
+                        attempt = 1
+                        continue
+                elif code in FATAL_CODES:
                     self.failure = SessionRejected(f"{code.name}: {details}")
                     self._on_stop(f"rejected by the gateway: {details}")
                     return
-                log.info("gateway stream lost (%s); reconnecting", code.name)
+                else:
+                    log.info("gateway stream lost (%s); reconnecting", code.name)
             except asyncio.CancelledError:
                 call.cancel()
                 raise
@@ -120,6 +143,17 @@ class Session:
                 return
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
+
+    async def _redirect(self, target: str | None) -> None:
+        current = self._redirected
+        if current is not None and current[0] == target:
+            return
+        if current is not None:
+            await current[1].close()
+        self._redirected = None
+        if target is not None:
+            channel = self._dial(target)
+            self._redirected = (target, channel, pb_grpc.RuntimeInterfaceStub(channel))  # type: ignore[no-untyped-call]
 
     def _dispatch(self, message: pb.GatewayMessage) -> None:
         kind = message.WhichOneof("kind")
@@ -214,3 +248,12 @@ class Session:
                     await call.done_writing()
             except (aio.AioRpcError, asyncio.InvalidStateError):
                 call.cancel()
+        await self._redirect(None)
+
+
+def _owner(metadata: Mapping[str, object] | object) -> str:
+    """The owner's address a redirect names, or ""."""
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == OWNER_METADATA and isinstance(value, str):
+            return value
+    return ""

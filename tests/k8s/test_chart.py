@@ -139,6 +139,42 @@ def test_the_gateways_data_outlives_its_pod_with_sqlite_and_is_shared_through_na
     shared = objects("gateway.queue.backend=nats", "gateway.replicas=3")
     assert not [d for d in shared if d["kind"] == "PersistentVolumeClaim"]
     spec = gateway(shared)["spec"]
-    assert "strategy" not in spec and spec["replicas"] == 3  # type: ignore[operator, index]
+    assert spec["replicas"] == 3  # type: ignore[index]
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}  # type: ignore[index]
     volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}  # type: ignore[index]
     assert volumes["data"] == {"name": "data", "emptyDir": {}}
+
+
+def test_replicas_come_with_leases_a_disruption_budget_and_a_clear_refusal_on_sqlite(kube: Kube) -> None:
+    import yaml
+
+    def render(*values: str) -> subprocess.CompletedProcess[str]:
+        return helm(kube, "template", "r", CHART, "--namespace", "sys", *(a for v in values for a in ("--set", v)))
+
+    def docs(*values: str) -> list[dict]:  # type: ignore[type-arg]
+        result = render(*values)
+        assert result.returncode == 0, result.stderr
+        return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+    refused = render("gateway.replicas=3")  # the SQLite queue: one file, one writer
+    assert refused.returncode != 0
+    assert "gateway.replicas=3 needs gateway.queue.backend=nats" in refused.stderr, refused.stderr
+    alone = docs()
+    assert not [d for d in alone if d["kind"] == "PodDisruptionBudget"]
+    assert not [d for d in alone if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leases")]
+
+    shared = docs("gateway.queue.backend=nats")
+    gateway = next(d for d in shared if d["kind"] == "Deployment" and d["metadata"]["name"] == "r-gateway")
+    assert gateway["spec"]["replicas"] == 2  # the default with NATS
+    pod = gateway["spec"]["template"]["spec"]
+    assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    container = pod["containers"][0]
+    assert "--replica-leases=sys/r-gateway" in container["args"] and "--advertise-host=$(POD_IP)" in container["args"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    budget = next(d for d in shared if d["kind"] == "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    role = next(d for d in shared if d["kind"] == "Role" and d["metadata"]["name"] == "r-gateway-leases")
+    assert role["metadata"]["namespace"] == "sys"
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "list", "watch", "create", "update", "delete"]}]  # fmt: skip

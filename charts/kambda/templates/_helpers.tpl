@@ -25,3 +25,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - --runtime-image-for={{ $runtime }}={{ $image.repository }}:{{ $image.tag | default $.Chart.AppVersion }}
 {{- end }}
 {{- end }}
+
+{{/* The gateway's replica count: gateway.replicas, else 2 with the NATS queue (1 with SQLite). SQLite is one file
+with one writer, so more than one replica is refused here rather than failing at run time. */}}
+{{- define "kambda.gatewayReplicas" -}}
+{{- $nats := eq .Values.gateway.queue.backend "nats" -}}
+{{- $replicas := .Values.gateway.replicas | default (ternary 2 1 $nats) | int -}}
+{{- if and (gt $replicas 1) (not $nats) -}}
+{{- fail (printf "gateway.replicas=%d needs gateway.queue.backend=nats: the SQLite queue is one file with one writer (set gateway.queue.backend=nats and gateway.queue.natsUrl, or gateway.replicas=1)" $replicas) -}}
+{{- end -}}
+{{- $replicas -}}
+{{- end -}}
+
+{{/* Non-empty when the gateway runs as replicas that share functions through Leases (the NATS queue). */}}
+{{- define "kambda.replicated" -}}
+{{- if eq .Values.gateway.queue.backend "nats" }}true{{ end -}}
+{{- end -}}

@@ -1,0 +1,202 @@
+"""Three gateway replicas in pods on the real node, the NATS queue on a NATS JetStream beside them: any replica
+serves any request (the owner of a function runs it, the others forward), limits hold across replicas, and a
+replica killed under load loses only what ran on it (gateway/leases.py, placement.py, peering.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from kambda.gateway import ownership
+from tests.e2e.conftest import Platform, lambda_client
+from tests.install import Images, Release
+from tests.kube import Kube, eventually
+from tests.workdir import function_manifest
+
+REPLICAS = 3
+BUCKETS = 8  # the chart's default gateway.replicaBuckets
+HTTP_PORT = 8080  # the chart's default gateway.httpPort (the container's port)
+
+
+@pytest.fixture(scope="module")
+def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
+    release = Release(kube, images, namespace, replicas=REPLICAS, gateway_args=[
+        "--queue-timeout=60", "--retry-base-delay=0.5", "--throttle-base-delay=0.2",
+    ])  # fmt: skip
+    try:
+        release.install()
+        url = release.url()
+        assert release.ready(url), release.logs("gateway")
+        key = release.admin_key()
+        platform = Platform(kube, namespace, release, url, key, lambda_client(url, key))
+        assert eventually(lambda: settled(platform), timeout=90), leases(platform)
+        yield platform
+    finally:
+        release.uninstall()
+
+
+def leases(platform: Platform) -> dict[str, str]:
+    """Lease name -> holder, of this release's gateway."""
+    items = platform.kube.list(
+        "leases", platform.release.system, f"kambda.dev/gateway-lease={platform.release.name}-gateway"
+    )
+    return {item["metadata"]["name"]: item["spec"].get("holderIdentity") or "" for item in items}
+
+
+def gateway_pods(platform: Platform) -> dict[str, str]:
+    """Running gateway pod name -> pod IP."""
+    return {
+        p["metadata"]["name"]: p["status"]["podIP"]  # type: ignore[index]
+        for p in platform.release.pods("gateway")
+        if p["status"].get("podIP") and p["status"].get("phase") == "Running"  # type: ignore[union-attr]
+    }
+
+
+def settled(platform: Platform) -> bool:
+    """Every bucket held, by the running replicas only, each holding its fair share or one less."""
+    held = leases(platform)
+    pods = set(gateway_pods(platform))
+    holders = Counter(held.get(f"{platform.release.name}-gateway-bucket-{b}", "") for b in range(BUCKETS))
+    return len(pods) == REPLICAS and set(holders) == pods and max(holders.values()) - min(holders.values()) <= 1
+
+
+def owner_of(platform: Platform, function: str) -> str:
+    bucket = ownership.bucket_of(f"{platform.namespace}/{function}", BUCKETS)
+    return leases(platform)[f"{platform.release.name}-gateway-bucket-{bucket}"]
+
+
+def replica_clients(platform: Platform) -> dict[str, Any]:
+    """A client per replica, straight to its pod (the host reaches pod IPs): requests land where the test says."""
+    return {
+        name: lambda_client(f"http://{ip}:{HTTP_PORT}", platform.key) for name, ip in gateway_pods(platform).items()
+    }
+
+
+def placements(platform: Platform, function: str) -> dict[str, dict[str, float]]:
+    """Per replica, its kambda_invocation_placements of `function`: {"here": n, "forwarded": n}."""
+    import urllib.request
+
+    out: dict[str, dict[str, float]] = {}
+    for name, ip in gateway_pods(platform).items():
+        with urllib.request.urlopen(f"http://{ip}:{HTTP_PORT}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        counts: dict[str, float] = {"here": 0.0, "forwarded": 0.0}
+        for line in text.splitlines():
+            if line.startswith("kambda_invocation_placements_total{") and f'function="{function}"' in line:
+                kind = "here" if 'placement="here"' in line else "forwarded"
+                counts[kind] += float(line.rsplit(" ", 1)[1])
+        out[name] = counts
+    return out
+
+
+def deploy(platform: Platform, name: str, code: str, **spec: Any) -> None:
+    platform.apply(function_manifest(name, code, **spec))
+    assert eventually(lambda: platform.ready(name, "1"), timeout=60), platform.operator_logs()
+    platform.wait_served(name)
+
+
+SPREAD = "import os\n\ndef handler(event, context):\n    return {'i': event.get('i'), 'pod': os.environ['HOSTNAME']}\n"
+
+
+def test_1_any_replica_serves_and_2000_invocations_all_succeed(platform: Platform) -> None:
+    deploy(platform, "spread", SPREAD, scaling={"idleSeconds": 60})
+    clients = replica_clients(platform)
+    assert len(clients) == REPLICAS
+    names = sorted(clients)
+    before = placements(platform, "spread")
+
+    def call(i: int) -> int:
+        client = clients[names[i % REPLICAS]]  # a third of them on each replica
+        response = client.invoke(FunctionName="spread", Payload=json.dumps({"i": i}))
+        assert "FunctionError" not in response, response
+        return int(json.loads(response["Payload"].read())["i"])
+
+    with ThreadPoolExecutor(8) as pool:
+        answered = list(pool.map(call, range(2000)))
+    assert answered == list(range(2000))
+
+    after = placements(platform, "spread")
+    ran = {n: after[n]["here"] - before.get(n, {}).get("here", 0) for n in after}
+    sent_on = {n: after[n]["forwarded"] - before.get(n, {}).get("forwarded", 0) for n in after}
+    owner = owner_of(platform, "spread")
+    # One owner ran all 2,000; each other replica forwarded its third to it.
+    assert ran == {n: (2000.0 if n == owner else 0.0) for n in names}, (ran, owner)
+    assert all(sent_on[n] >= 666 for n in names if n != owner), sent_on
+    # The owner's agents: every pod of the function is connected to it, so the others scaled nothing.
+    assert platform.pods("spread", "1")
+
+
+CAPPED = """\
+import time
+
+def handler(event, context):
+    started = time.time()
+    time.sleep(1)
+    return {'start': started, 'end': time.time()}
+"""
+
+
+def test_2_reserved_concurrency_holds_across_replicas(platform: Platform) -> None:
+    deploy(platform, "capped3", CAPPED, concurrency={"reserved": 3}, scaling={"idleSeconds": 30})
+    clients = list(replica_clients(platform).values())
+    peak = {"pods": 0}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak["pods"] = max(peak["pods"], len(platform.pods("capped3")))
+            done.wait(0.2)
+
+    def call(i: int) -> tuple[float, float] | str:
+        try:
+            response = clients[i % len(clients)].invoke(FunctionName="capped3", Payload=b"{}")
+        except clients[0].exceptions.TooManyRequestsException as exc:
+            return str(exc.response["Reason"])
+        body = json.loads(response["Payload"].read())
+        return float(body["start"]), float(body["end"])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(30) as pool:
+            results = list(pool.map(call, range(30)))
+    finally:
+        done.set()
+        watcher.join()
+    runs = [r for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if isinstance(r, str)]
+    assert runs and refused, results
+    assert set(refused) == {"ReservedFunctionConcurrentInvocationLimitExceeded"}
+    # At most 3 executions at any moment, from the function's own clock.
+    edges = sorted([(start, 1) for start, _ in runs] + [(end, -1) for _, end in runs], key=lambda e: (e[0], e[1]))
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    assert most <= 3, runs
+    assert peak["pods"] <= 3 and platform.replicas("capped3", "1") <= 3
+
+
+def test_3_async_events_accepted_by_every_replica_are_all_delivered(platform: Platform) -> None:
+    clients = list(replica_clients(platform).values())
+
+    def send(i: int) -> str:
+        response = clients[i % len(clients)].invoke(
+            FunctionName="spread", InvocationType="Event", Payload=json.dumps({"i": i})
+        )
+        assert response["StatusCode"] == 202
+        return str(response["ResponseMetadata"]["RequestId"])
+
+    with ThreadPoolExecutor(8) as pool:
+        request_ids = list(pool.map(send, range(300)))
+
+    def delivered() -> bool:
+        return all(platform.api_get(f"/v1/invocations/{rid}")["State"] == "succeeded" for rid in request_ids)
+
+    assert eventually(delivered, timeout=120, interval=1.0), platform.gateway_logs()[-4000:]
