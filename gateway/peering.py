@@ -22,6 +22,7 @@ import time
 
 import aiohttp
 from aiohttp import web
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs shipped
 
 from kambda.runtime.rpc import runtime_pb2 as pb
 
@@ -147,8 +148,13 @@ class PeerAPI:
     async def run(self, request: web.Request) -> web.StreamResponse:
         function = request.query.get("function", "")
         version_name = request.query.get("version", "")
+        claimed = _claim(request.headers.get(PEER_HEADER, ""))
+        if claimed is None:  # refused before the body is read: no signature, or not a fresh one
+            return web.Response(status=401, text="not signed by a replica")
         body = await read_body(request, limit=MAX_BODY, timeout=30.0, too_large="invocation too large")
-        if not self._signed(request.headers.get(PEER_HEADER, ""), function, version_name, body):
+        seconds, presented = claimed
+        expected = signature(self._key, seconds, function, version_name, body)
+        if not hmac.compare_digest(expected, presented):
             return web.Response(status=401, text="not signed by a replica")
         if not self._ownership.is_mine(function):
             return web.Response(status=421, text=f"{self._ownership.me.identity} does not own {function}")
@@ -156,7 +162,11 @@ class PeerAPI:
         if version is None:
             return web.Response(status=404, text=f"{function} version {version_name} is not known here")
         try:
-            outcome = await self._invoker.run(version, decode(body))
+            invocation = decode(body)
+        except DecodeError:
+            return web.Response(status=400, text="the body is not a runtime.proto Invocation")
+        try:
+            outcome = await self._invoker.run(version, invocation)
         except Throttled as exc:
             return web.Response(status=429, headers={"X-Kambda-Throttle": exc.reason})
         except NoInstance:
@@ -174,12 +184,14 @@ class PeerAPI:
         kind = "response" if outcome.error_type is None else "error"
         return web.Response(body=message.SerializeToString(), headers={"X-Kambda-Outcome": kind})
 
-    def _signed(self, header: str, function: str, version: str, body: bytes) -> bool:
-        seconds_text, _, presented = header.partition(" ")
-        try:
-            seconds = int(seconds_text)
-        except ValueError:
-            return False
-        if abs(time.time() - seconds) > SKEW_SECONDS:
-            return False
-        return hmac.compare_digest(signature(self._key, seconds, function, version, body), presented)
+
+def _claim(header: str) -> tuple[int, str] | None:
+    """(seconds, signature) of a peer header whose time is within the window, else None."""
+    seconds_text, _, presented = header.partition(" ")
+    try:
+        seconds = int(seconds_text)
+    except ValueError:
+        return None
+    if abs(time.time() - seconds) > SKEW_SECONDS or not presented:
+        return None
+    return seconds, presented

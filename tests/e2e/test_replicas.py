@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -200,3 +201,95 @@ def test_3_async_events_accepted_by_every_replica_are_all_delivered(platform: Pl
         return all(platform.api_get(f"/v1/invocations/{rid}")["State"] == "succeeded" for rid in request_ids)
 
     assert eventually(delivered, timeout=120, interval=1.0), platform.gateway_logs()[-4000:]
+
+
+class Load:
+    """Sync invocations of `function` through the Service at a fixed concurrency until stopped, as a client with the
+    SDK's standard retries sends them; every request's start, end and outcome is kept."""
+
+    def __init__(self, platform: Platform, function: str, concurrency: int = 8) -> None:
+        self.client = lambda_client(platform.url, platform.key, attempts=3, read_timeout=60)
+        self.function = function
+        self.results: list[tuple[float, float, str]] = []  # (start, end, "ok" or the error)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(concurrency)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                response = self.client.invoke(FunctionName=self.function, Payload=b'{"i": 1}')
+                outcome = "FunctionError" if "FunctionError" in response else "ok"
+                response["Payload"].read()
+            except Exception as exc:  # a failed request is what this counts
+                outcome = f"{type(exc).__name__}: {exc}"
+            self.results.append((start, time.monotonic(), outcome))
+
+    def failures(self) -> list[tuple[float, float, str]]:
+        return [r for r in self.results if r[2] != "ok"]
+
+
+def test_4_a_rolling_upgrade_under_load_fails_no_request(platform: Platform) -> None:
+    deployment = f"deployment/{platform.release.name}-gateway"
+    system = platform.release.system
+    before = set(gateway_pods(platform))
+    with Load(platform, "spread") as load:
+        assert eventually(lambda: len(load.results) > 50, timeout=30)  # under load before the upgrade starts
+        platform.kube.kubectl("rollout", "restart", deployment, "-n", system)
+        platform.kube.kubectl("rollout", "status", deployment, "-n", system, "--timeout=300s")
+        assert eventually(lambda: settled(platform) and not set(gateway_pods(platform)) & before, timeout=120)
+        count = len(load.results)
+        assert eventually(lambda: len(load.results) > count + 50, timeout=30)  # and still served after it
+    print(f"rolling upgrade: {len(load.results)} requests at concurrency 8, {len(load.failures())} failed")
+    assert load.failures() == [], load.failures()[:5]
+
+
+def test_5_the_owner_killed_under_load_loses_only_its_in_flight_requests(platform: Platform) -> None:
+    owner = owner_of(platform, "spread")
+    async_client = lambda_client(platform.url, platform.key, attempts=3)
+    acked: list[str] = []
+    sending = threading.Event()
+
+    def send_events() -> None:
+        for i in range(1000):
+            if i == 500:
+                sending.set()  # half before the kill, half across and after it
+            response = async_client.invoke(FunctionName="spread", InvocationType="Event", Payload=json.dumps({"i": i}))
+            if response["StatusCode"] == 202:
+                acked.append(str(response["ResponseMetadata"]["RequestId"]))
+
+    with Load(platform, "spread") as load:
+        sender = threading.Thread(target=send_events)
+        sender.start()
+        assert sending.wait(120)
+        killed = time.monotonic()
+        platform.kube.kubectl("delete", "pod", owner, "-n", platform.release.system, "--grace-period=0", "--force")
+        assert eventually(lambda: time.monotonic() - killed > 20, timeout=30)  # 20 s of load across the kill
+        sender.join()
+    failures = load.failures()
+    in_flight = [r for r in load.results if r[0] <= killed <= r[1]]
+    # Recovery: from the kill to the end of the last request that was slow (over 1 s) or failed.
+    disturbed = [end for start, end, outcome in load.results if end >= killed and (end - start > 1 or outcome != "ok")]
+    recovery = (max(disturbed) - killed) if disturbed else 0.0
+    print(f"failover: {len(failures)} failed of {len(load.results)}, {len(in_flight)} in flight at the kill, "
+          f"recovered in {recovery:.1f} s")  # fmt: skip
+    assert len(failures) <= len(in_flight), failures[:5]
+    assert recovery <= 15.0, recovery
+    assert owner not in gateway_pods(platform)
+    # Every event the platform acknowledged is delivered, the dead replica's claimed ones included.
+    assert len(acked) == 1000
+
+    def delivered() -> bool:
+        return all(platform.api_get(f"/v1/invocations/{rid}")["State"] == "succeeded" for rid in acked)
+
+    assert eventually(delivered, timeout=180, interval=2.0), platform.gateway_logs()[-4000:]
