@@ -54,6 +54,7 @@ bench: venv test-deps
 	$(BIN)/python bench/control_bench.py
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/k8s_coldstart_bench.py
+	$(BIN)/python bench/replicas_bench.py
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 ## proto: regenerate runtime/rpc from runtime/proto/runtime.proto

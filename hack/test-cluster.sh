@@ -186,12 +186,25 @@ cmd_up() {
 
   # 4. kube-apiserver (serving cert is self-generated into --cert-dir)
   if ! alive kube-apiserver "$K8S_BIN/kube-apiserver"; then
+    # The API server's own record of scale writes (who wrote a Deployment's replicas, from which address): what
+    # the tests of several gateway replicas check "one writer at a time" against. Nothing else is recorded.
+    cat > "$LC_DIR/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [patch, update]
+    resources: [{group: apps, resources: [deployments/scale]}]
+  - level: None
+POLICY
     start_bg kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
       --bind-address="$APISERVER_BIND" --secure-port="$APISERVER_PORT" --advertise-address="$NODE_IP" \
       --tls-cert-file="$PKI/serving.crt" --tls-private-key-file="$PKI/serving.key" --token-auth-file="$PKI/tokens.csv" --authorization-mode=RBAC \
       --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
       --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range="$SERVICE_CIDR" \
-      --allow-privileged --kubelet-preferred-address-types=InternalIP
+      --allow-privileged --kubelet-preferred-address-types=InternalIP \
+      --audit-policy-file="$LC_DIR/audit-policy.yaml" --audit-log-path="$LOGS/audit.log" --audit-log-maxsize=100
   fi
   wait_for 120 kube-apiserver "$LOGS/kube-apiserver.log" -- \
     sh -c "curl -sk -H 'Authorization: Bearer $TOKEN' $API/readyz | grep -qx ok"

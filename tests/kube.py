@@ -30,10 +30,13 @@ class Kube:
         self.kubeconfig = kubeconfig
         self.env = {**os.environ, "KUBECONFIG": kubeconfig, "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(K8S_BIN / "kubectl"), *args], input=input, capture_output=True, text=True, env=self.env, timeout=120
-        )
+            [str(K8S_BIN / "kubectl"), *args], input=input, capture_output=True, text=True, env=self.env,
+            timeout=timeout,
+        )  # fmt: skip
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
@@ -49,6 +52,19 @@ class Kube:
         args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
         items: list[dict[str, Any]] = json.loads(self.kubectl(*args).stdout)["items"]
         return items
+
+    def scale_writes(self, namespace: str, deployment: str) -> list[dict[str, Any]]:
+        """The API server's audit records of writes to `deployment`'s scale subresource (hack/test-cluster.sh
+        records only those), oldest first."""
+        log = Path(self.kubeconfig).parent / "logs" / "audit.log"
+        assert log.exists(), f"{log}: the test cluster records no audit log (restart it: hack/test-cluster.sh down)"
+        records = []
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            ref = record.get("objectRef") or {}
+            if (ref.get("namespace"), ref.get("name"), ref.get("subresource")) == (namespace, deployment, "scale"):
+                records.append(record)
+        return records
 
     def apply(self, manifest: str, namespace: str) -> subprocess.CompletedProcess[str]:
         # --validate=false: the API server itself must refuse what is invalid, not kubectl's client-side check.

@@ -25,7 +25,7 @@ def images(kube: Kube) -> Images:
     return build_images()
 
 
-def _host_pids(*needles: str) -> list[int]:
+def host_pids(*needles: str) -> list[int]:
     """Processes on this host (containers' included) whose command line contains every needle."""
     pids = []
     for proc in Path("/proc").iterdir():
@@ -78,7 +78,7 @@ class Platform:
 
         The client is replaced: its pooled connections led to the killed process, and the NodePort's NAT may drop
         (not reset) a request sent on one, which then hangs for the whole read timeout."""
-        pids = _host_pids("kambda", "gateway", f"--namespace={self.namespace}")
+        pids = host_pids("kambda", "gateway", f"--namespace={self.namespace}")
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)
         self.client = lambda_client(self.url, self.key)

@@ -5,6 +5,8 @@ replica killed under load loses only what ran on it (gateway/leases.py, placemen
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 from kambda.gateway import ownership
-from tests.e2e.conftest import Platform, lambda_client
+from tests.e2e.conftest import Platform, host_pids, lambda_client
 from tests.install import Images, Release
 from tests.kube import Kube, eventually
 from tests.workdir import function_manifest
@@ -80,18 +82,23 @@ def replica_clients(platform: Platform) -> dict[str, Any]:
 
 
 def placements(platform: Platform, function: str) -> dict[str, dict[str, float]]:
-    """Per replica, its kambda_invocation_placements of `function`: {"here": n, "forwarded": n}."""
+    """Per replica, of `function`: invocations it accepted and ran itself ("here") or forwarded ("forwarded")
+    (kambda_invocation_placements), and invocations it ran, whoever accepted them ("ran", kambda_invocations)."""
     import urllib.request
 
     out: dict[str, dict[str, float]] = {}
     for name, ip in gateway_pods(platform).items():
         with urllib.request.urlopen(f"http://{ip}:{HTTP_PORT}/metrics", timeout=10) as r:
             text = r.read().decode()
-        counts: dict[str, float] = {"here": 0.0, "forwarded": 0.0}
+        counts: dict[str, float] = {"here": 0.0, "forwarded": 0.0, "ran": 0.0}
         for line in text.splitlines():
-            if line.startswith("kambda_invocation_placements_total{") and f'function="{function}"' in line:
+            if f'function="{function}"' not in line:
+                continue
+            if line.startswith("kambda_invocation_placements_total{"):
                 kind = "here" if 'placement="here"' in line else "forwarded"
                 counts[kind] += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("kambda_invocations_total{"):
+                counts["ran"] += float(line.rsplit(" ", 1)[1])
         out[name] = counts
     return out
 
@@ -102,7 +109,7 @@ def deploy(platform: Platform, name: str, code: str, **spec: Any) -> None:
     platform.wait_served(name)
 
 
-SPREAD = "import os\n\ndef handler(event, context):\n    return {'i': event.get('i'), 'pod': os.environ['HOSTNAME']}\n"
+SPREAD = "import socket\n\ndef handler(event, context):\n    return {'i': event.get('i'), 'at': socket.gethostname()}\n"
 
 
 def test_1_any_replica_serves_and_2000_invocations_all_succeed(platform: Platform) -> None:
@@ -115,15 +122,16 @@ def test_1_any_replica_serves_and_2000_invocations_all_succeed(platform: Platfor
     def call(i: int) -> int:
         client = clients[names[i % REPLICAS]]  # a third of them on each replica
         response = client.invoke(FunctionName="spread", Payload=json.dumps({"i": i}))
-        assert "FunctionError" not in response, response
-        return int(json.loads(response["Payload"].read())["i"])
+        body = json.loads(response["Payload"].read())
+        assert "FunctionError" not in response, body
+        return int(body["i"])
 
     with ThreadPoolExecutor(8) as pool:
         answered = list(pool.map(call, range(2000)))
     assert answered == list(range(2000))
 
     after = placements(platform, "spread")
-    ran = {n: after[n]["here"] - before.get(n, {}).get("here", 0) for n in after}
+    ran = {n: after[n]["ran"] - before.get(n, {}).get("ran", 0) for n in after}
     sent_on = {n: after[n]["forwarded"] - before.get(n, {}).get("forwarded", 0) for n in after}
     owner = owner_of(platform, "spread")
     # One owner ran all 2,000; each other replica forwarded its third to it.
@@ -185,6 +193,7 @@ def test_2_reserved_concurrency_holds_across_replicas(platform: Platform) -> Non
 
 
 def test_3_async_events_accepted_by_every_replica_are_all_delivered(platform: Platform) -> None:
+    deploy(platform, "spread", SPREAD, scaling={"idleSeconds": 60})
     clients = list(replica_clients(platform).values())
 
     def send(i: int) -> str:
@@ -201,6 +210,42 @@ def test_3_async_events_accepted_by_every_replica_are_all_delivered(platform: Pl
         return all(platform.api_get(f"/v1/invocations/{rid}")["State"] == "succeeded" for rid in request_ids)
 
     assert eventually(delivered, timeout=120, interval=1.0), platform.gateway_logs()[-4000:]
+
+
+def test_4_scaling_from_and_to_zero_has_one_writer(platform: Platform) -> None:
+    deploy(platform, "bursty", CAPPED, scaling={"idleSeconds": 5})
+    assert platform.replicas("bursty", "1") == 0
+    clients = list(replica_clients(platform).values())
+    peak = {"replicas": 0}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak["replicas"] = max(peak["replicas"], platform.replicas("bursty", "1"))
+            done.wait(0.2)
+
+    def call(i: int) -> str:
+        response = clients[i % len(clients)].invoke(FunctionName="bursty", Payload=b"{}")
+        return "error" if "FunctionError" in response else "ok"
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(12) as pool:  # a demand of 12, sent to all three replicas
+            results = list(pool.map(call, range(12)))
+    finally:
+        done.set()
+        watcher.join()
+    assert results == ["ok"] * 12
+    assert 1 <= peak["replicas"] <= 12  # never beyond the demand, however many replicas saw it
+    assert eventually(lambda: platform.replicas("bursty", "1") == 0 and not platform.pods("bursty"), timeout=90)
+
+    # The API server's view: every write of the scale came from one replica, the owner.
+    writes = [w for w in platform.kube.scale_writes(platform.namespace, "bursty-v1")
+              if (w.get("responseStatus") or {}).get("code", 200) < 300]  # fmt: skip
+    assert len(writes) >= 2, writes  # up, and back down to zero
+    sources = {w["sourceIPs"][0] for w in writes}
+    assert sources == {gateway_pods(platform)[owner_of(platform, "bursty")]}, sources
 
 
 class Load:
@@ -239,14 +284,17 @@ class Load:
         return [r for r in self.results if r[2] != "ok"]
 
 
-def test_4_a_rolling_upgrade_under_load_fails_no_request(platform: Platform) -> None:
+def test_5_a_rolling_upgrade_under_load_fails_no_request(platform: Platform) -> None:
     deployment = f"deployment/{platform.release.name}-gateway"
     system = platform.release.system
+    deploy(platform, "spread", SPREAD, scaling={"idleSeconds": 60})
     before = set(gateway_pods(platform))
     with Load(platform, "spread") as load:
         assert eventually(lambda: len(load.results) > 50, timeout=30)  # under load before the upgrade starts
+        started = time.monotonic()
         platform.kube.kubectl("rollout", "restart", deployment, "-n", system)
-        platform.kube.kubectl("rollout", "status", deployment, "-n", system, "--timeout=300s")
+        platform.kube.kubectl("rollout", "status", deployment, "-n", system, "--timeout=300s", timeout=320)
+        print(f"rollout of {REPLICAS} replicas: {time.monotonic() - started:.0f} s")
         assert eventually(lambda: settled(platform) and not set(gateway_pods(platform)) & before, timeout=120)
         count = len(load.results)
         assert eventually(lambda: len(load.results) > count + 50, timeout=30)  # and still served after it
@@ -254,7 +302,8 @@ def test_4_a_rolling_upgrade_under_load_fails_no_request(platform: Platform) -> 
     assert load.failures() == [], load.failures()[:5]
 
 
-def test_5_the_owner_killed_under_load_loses_only_its_in_flight_requests(platform: Platform) -> None:
+def test_6_the_owner_crashed_under_load_loses_only_its_in_flight_requests(platform: Platform) -> None:
+    deploy(platform, "spread", SPREAD, scaling={"idleSeconds": 60})
     owner = owner_of(platform, "spread")
     async_client = lambda_client(platform.url, platform.key, attempts=3)
     acked: list[str] = []
@@ -272,7 +321,12 @@ def test_5_the_owner_killed_under_load_loses_only_its_in_flight_requests(platfor
         sender = threading.Thread(target=send_events)
         sender.start()
         assert sending.wait(120)
+        # A crash, not a shutdown: SIGKILL of the owner's process (it hands nothing over, its leases must expire),
+        # then its pod deleted with --grace-period=0 --force, so it does not come back in the same pod.
+        pids = host_pids("kambda", "gateway", f"--identity={owner}")
+        assert len(pids) == 1, pids
         killed = time.monotonic()
+        os.kill(pids[0], signal.SIGKILL)
         platform.kube.kubectl("delete", "pod", owner, "-n", platform.release.system, "--grace-period=0", "--force")
         assert eventually(lambda: time.monotonic() - killed > 20, timeout=30)  # 20 s of load across the kill
         sender.join()
