@@ -92,7 +92,7 @@ def create_app(
     metrics = Metrics()
     scaler_box: list[Scaler] = []
     dispatcher = Dispatcher(
-        on_demand=lambda pool: scaler_box[0].poke(pool) if scaler_box else None,
+        on_demand=lambda key: scaler_box[0].poke(key) if scaler_box else None,
         queue_timeout=settings.queue_timeout,
     )
     metrics.watch(dispatcher)

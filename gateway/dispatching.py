@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from kambda.runtime.rpc import runtime_pb2 as pb
 
@@ -45,7 +46,7 @@ class Invocation:
     tail_logs: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    timer: asyncio.TimerHandle | None = None  # queued: the wait for an instance; running: the deadline + grace
+    timer: Timer | None = None  # queued: the wait for an instance; running: the deadline + grace
 
     def again(self) -> Invocation:
         """The same invocation, to be submitted afresh (a future resolves once)."""
@@ -71,36 +72,80 @@ class Invocation:
 
 @dataclass(eq=False)
 class Instance:
+    """A connected instance. Its fields are the dispatcher's to write (this module); others only hold it."""
+
     id: str
     pool: Pool
     send: Sender
-    connected_at: float = field(default_factory=time.monotonic)
-    idle_since: float = field(default_factory=time.monotonic)
+    connected_at: float
+    idle_since: float
     busy: Invocation | None = None
     retired: bool = False
     stalled_since: float | None = None  # declined work its runtime had not asked for: no capacity until Next
 
 
-class Pool:
-    """One function version's queue and instances."""
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """One version's dispatch state at a moment: what the scaler decides on and the metrics report."""
 
-    def __init__(self, version: FunctionVersion) -> None:
-        self.version = version
-        self.pending: deque[Invocation] = deque()
-        self.idle: list[Instance] = []  # a stack: the most recently used instance is reused first, so the
-        # others age out and the pool shrinks back to what the load needs
-        self.instances: dict[str, Instance] = {}
-        self.starting: dict[str, float] = {}  # asked of the backend, not yet connected: id -> monotonic time asked
-        self.busy = 0
+    version: FunctionVersion
+    busy: int  # instances running an invocation
+    pending: int  # invocations waiting for an instance
+    connected: int  # instances connected (busy, idle or stalled)
+    idle: tuple[tuple[str, float], ...]  # (id, monotonic time since idle)
+    starting: tuple[tuple[str, float], ...]  # asked of the backend, not yet connected: (id, time asked)
+    stalled: tuple[tuple[str, float], ...]  # (id, time since stalled)
 
     @property
     def active(self) -> int:
         """Invocations accepted and not yet answered: the version's concurrency."""
-        return self.busy + len(self.pending)
+        return self.busy + self.pending
 
-    def stalled(self) -> list[Instance]:
-        """Connected instances whose runtime is neither working nor asking for work."""
-        return [i for i in self.instances.values() if i.stalled_since is not None]
+
+class Pool:
+    """One function version's queue and instances; changed only through the Dispatcher."""
+
+    def __init__(self, version: FunctionVersion) -> None:
+        self.version = version
+        self._pending: deque[Invocation] = deque()
+        self._idle: list[Instance] = []  # a stack: the most recently used instance is reused first, so the
+        # others age out and the pool shrinks back to what the load needs
+        self._instances: dict[str, Instance] = {}
+        self._starting: dict[str, float] = {}  # asked of the backend, not yet connected: id -> monotonic time asked
+        self._busy = 0
+
+    def snapshot(self) -> PoolSnapshot:
+        return PoolSnapshot(
+            version=self.version,
+            busy=self._busy,
+            pending=len(self._pending),
+            connected=len(self._instances),
+            idle=tuple((i.id, i.idle_since) for i in self._idle),
+            starting=tuple(self._starting.items()),
+            stalled=tuple((i.id, i.stalled_since) for i in self._instances.values() if i.stalled_since is not None),
+        )
+
+
+class Clock(Protocol):
+    """Time for the dispatcher: now, and a callback later. Tests pass a manual one (tests/unit/test_dispatching)."""
+
+    def now(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer: ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class LoopClock:
+    """The running event loop's monotonic clock and timers."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer:
+        return asyncio.get_running_loop().call_later(delay, callback, *args)
 
 
 class NoInstance(Exception):
@@ -115,23 +160,68 @@ GRACE_SECONDS = 10.0  # beyond the function timeout, before a silent instance's 
 
 
 class Dispatcher:
+    """The one owner of dispatch state: every change goes through its methods, on the event loop's thread; the
+    scaler and the metrics read `snapshots()` and act through `expect`, `adopt`, `withdraw` and `retire_idle`."""
+
     def __init__(
         self,
         *,
-        on_demand: Callable[[Pool], None],
+        on_demand: Callable[[tuple[str, str]], None],
         queue_timeout: float = 120.0,
+        clock: Clock | None = None,
     ) -> None:
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self._pools: dict[tuple[str, str], Pool] = {}
         self._on_demand = on_demand  # the scaler's wake-up: work is waiting and no instance is idle
         self._queue_timeout = queue_timeout
+        self._clock: Clock = clock or LoopClock()
 
     def pool(self, version: FunctionVersion) -> Pool:
-        pool = self.pools.get(version.key)
+        """The version's pool, made on first use; a reloaded version keeps its queue and instances."""
+        pool = self._pools.get(version.key)
         if pool is None:
-            pool = self.pools[version.key] = Pool(version)
+            pool = self._pools[version.key] = Pool(version)
         else:
-            pool.version = version  # a reloaded version keeps its queue and instances
+            pool.version = version
         return pool
+
+    # ---- reading ---------------------------------------------------------------------------------------------
+
+    def snapshots(self) -> list[PoolSnapshot]:
+        return [pool.snapshot() for pool in self._pools.values()]
+
+    def snapshot(self, key: tuple[str, str]) -> PoolSnapshot | None:
+        pool = self._pools.get(key)
+        return None if pool is None else pool.snapshot()
+
+    # ---- the scaler's side -----------------------------------------------------------------------------------
+
+    def expect(self, key: tuple[str, str], instance_ids: list[str], now: float) -> None:
+        """Instances asked of the backend: counted as starting until they connect (or are withdrawn)."""
+        pool = self._pools.get(key)
+        if pool is not None:
+            pool._starting.update(dict.fromkeys(instance_ids, now))
+
+    def adopt(self, key: tuple[str, str], instance_ids: list[str], now: float) -> None:
+        """What the backend says already runs, on a first look at the version: replaces what was expected."""
+        pool = self._pools.get(key)
+        if pool is not None:
+            pool._starting = dict.fromkeys(instance_ids, now)
+
+    def withdraw(self, key: tuple[str, str], instance_id: str) -> bool:
+        """An expected instance that will not come (never scheduled, or gone for good); True if it was expected.
+        Wakes the scaler if work is still waiting."""
+        pool = self._pools.get(key)
+        if pool is None or pool._starting.pop(instance_id, None) is None:
+            return False
+        if pool._pending:
+            self._on_demand(key)
+        return True
+
+    async def retire_idle(self, key: tuple[str, str], instance_id: str, reason: str) -> bool:
+        """Stop a connected idle (or stalled) instance; False if there is none such (it picked up work)."""
+        pool = self._pools.get(key)
+        instance = None if pool is None else pool._instances.get(instance_id)
+        return instance is not None and await self.retire(instance, reason)
 
     # ---- the caller's side -----------------------------------------------------------------------------------
 
@@ -143,22 +233,22 @@ class Dispatcher:
         self._queue(pool, invocation)
 
     async def _assign_to_idle(self, pool: Pool, invocation: Invocation) -> bool:
-        while pool.idle:
-            if await self._assign(pool.idle.pop(), invocation):
+        while pool._idle:
+            if await self._assign(pool._idle.pop(), invocation):
                 return True
         return False
 
     def _queue(self, pool: Pool, invocation: Invocation, *, first: bool = False) -> None:
         if first:
-            pool.pending.appendleft(invocation)
+            pool._pending.appendleft(invocation)
         else:
-            pool.pending.append(invocation)
-        invocation.timer = asyncio.get_running_loop().call_later(self._queue_timeout, self._expire, pool, invocation)
-        self._on_demand(pool)
+            pool._pending.append(invocation)
+        invocation.timer = self._clock.call_later(self._queue_timeout, self._expire, pool, invocation)
+        self._on_demand(pool.version.key)
 
     def _expire(self, pool: Pool, invocation: Invocation) -> None:
         try:
-            pool.pending.remove(invocation)
+            pool._pending.remove(invocation)
         except ValueError:
             return
         if not invocation.future.done():
@@ -177,34 +267,35 @@ class Dispatcher:
         send them to the new owner) and their idle instances are returned, retired here, to be sent there too.
         Busy instances finish what they run; the runtime interface moves them at their next Next."""
         moving: list[Instance] = []
-        for pool in self.pools.values():
+        for pool in self._pools.values():
             if owned(pool.version.function):
                 continue
-            while pool.pending:
-                invocation = pool.pending.popleft()
+            while pool._pending:
+                invocation = pool._pending.popleft()
                 if invocation.timer is not None:
                     invocation.timer.cancel()
                 if not invocation.future.done():
                     invocation.future.set_exception(Moved())
-            for instance in pool.idle:
+            for instance in pool._idle:
                 instance.retired = True
                 moving.append(instance)
-            pool.idle.clear()
+            pool._idle.clear()
         return moving
 
     # ---- the instance's side ---------------------------------------------------------------------------------
 
     def connect(self, version: FunctionVersion, instance_id: str, send: Sender) -> Instance:
         pool = self.pool(version)
-        if pool.starting.pop(instance_id, None) is None and pool.starting:
+        if pool._starting.pop(instance_id, None) is None and pool._starting:
             # Backends that cannot name instances in advance (Kubernetes: pods) hand out placeholders; a new
             # instance takes the place of the oldest one.
-            del pool.starting[min(pool.starting, key=pool.starting.__getitem__)]
-        old = pool.instances.get(instance_id)
+            del pool._starting[min(pool._starting, key=pool._starting.__getitem__)]
+        old = pool._instances.get(instance_id)
         if old is not None:  # the same instance reconnecting: its old stream is dead
             self.disconnect(old)
-        instance = Instance(instance_id, pool, send)
-        pool.instances[instance_id] = instance
+        now = self._clock.now()
+        instance = Instance(instance_id, pool, send, connected_at=now, idle_since=now)
+        pool._instances[instance_id] = instance
         return instance
 
     async def ready(self, instance: Instance) -> None:
@@ -213,8 +304,8 @@ class Dispatcher:
         if instance.retired or instance.busy is not None:
             return
         instance.stalled_since = None
-        while pool.pending:
-            invocation = pool.pending.popleft()
+        while pool._pending:
+            invocation = pool._pending.popleft()
             if invocation.future.done():  # its caller went away while it waited
                 continue
             if invocation.timer is not None:
@@ -222,8 +313,8 @@ class Dispatcher:
             if not await self._assign(instance, invocation):
                 self._queue(pool, invocation, first=True)  # the stream is broken; another instance takes it
             return
-        instance.idle_since = time.monotonic()
-        pool.idle.append(instance)
+        instance.idle_since = self._clock.now()
+        pool._idle.append(instance)
 
     async def decline(self, instance: Instance, request_id: str) -> None:
         """The instance gave back work its runtime had not asked for: it goes first to another instance."""
@@ -232,8 +323,8 @@ class Dispatcher:
             return
         pool = instance.pool
         instance.busy = None
-        pool.busy -= 1
-        instance.stalled_since = time.monotonic()
+        pool._busy -= 1
+        instance.stalled_since = self._clock.now()
         if invocation.timer is not None:
             invocation.timer.cancel()
             invocation.timer = None
@@ -248,8 +339,8 @@ class Dispatcher:
             log.warning("instance %s reported a result with nothing in flight", instance.id)
             return
         instance.busy = None
-        instance.pool.busy -= 1
-        instance.idle_since = time.monotonic()
+        instance.pool._busy -= 1
+        instance.idle_since = self._clock.now()
         if invocation.timer is not None:
             invocation.timer.cancel()
         outcome.instance_id = instance.id
@@ -259,10 +350,10 @@ class Dispatcher:
     def disconnect(self, instance: Instance, *, lost_error: bytes | None = None) -> None:
         """The instance's stream ended. An invocation it was running fails: it may have half-run."""
         pool = instance.pool
-        if pool.instances.get(instance.id) is instance:
-            del pool.instances[instance.id]
-        if instance in pool.idle:
-            pool.idle.remove(instance)
+        if pool._instances.get(instance.id) is instance:
+            del pool._instances[instance.id]
+        if instance in pool._idle:
+            pool._idle.remove(instance)
         instance.retired = True
         invocation = instance.busy
         if invocation is not None:
@@ -272,16 +363,16 @@ class Dispatcher:
                 + b' Error: Runtime exited with error: instance lost"}'
             )
             self.finish(instance, Outcome(payload, "Runtime.ExitError"))
-        if pool.pending:
-            self._on_demand(pool)
+        if pool._pending:
+            self._on_demand(pool.version.key)
 
     async def retire(self, instance: Instance, reason: str, *, busy_ok: bool = False) -> bool:
         """Stop an idle instance (scale down). False if it picked up work meanwhile."""
         pool = instance.pool
         if instance.retired:
             return False  # already asked to stop (its stream has not ended yet): not again
-        if instance in pool.idle:
-            pool.idle.remove(instance)
+        if instance in pool._idle:
+            pool._idle.remove(instance)
         elif not busy_ok and not (instance.busy is None and instance.stalled_since is not None):
             return False
         instance.retired = True
@@ -294,18 +385,18 @@ class Dispatcher:
     async def _assign(self, instance: Instance, invocation: Invocation) -> bool:
         pool = instance.pool
         instance.busy = invocation
-        pool.busy += 1
+        pool._busy += 1
         if invocation.timer is not None:
             invocation.timer.cancel()
         deadline = pool.version.spec.timeout_seconds + GRACE_SECONDS
-        invocation.timer = asyncio.get_running_loop().call_later(deadline, self._overdue, instance, invocation)
+        invocation.timer = self._clock.call_later(deadline, self._overdue, instance, invocation)
         try:
             await instance.send(invocation.message(pool.version.spec.timeout_seconds))
         except Exception as exc:
             # The caller decides where the invocation goes next (never two places: it was assigned to nobody).
             log.info("instance %s unreachable (%s); %s goes elsewhere", instance.id, exc, invocation.request_id)
             instance.busy = None
-            pool.busy -= 1
+            pool._busy -= 1
             invocation.timer.cancel()
             invocation.timer = None
             self.disconnect(instance)

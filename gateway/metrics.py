@@ -130,13 +130,13 @@ class _DispatcherCollector(Collector):
             "Instances by state (idle, busy, stalled, starting).",
             labels=["function", "version", "state"],
         )
-        for pool in self._dispatcher.pools.values():
+        for pool in self._dispatcher.snapshots():
             labels = [pool.version.spec.name, pool.version.version]
             concurrent.add_metric(labels, pool.busy)
-            queued.add_metric(labels, len(pool.pending))
-            stalled = len(pool.stalled())
+            queued.add_metric(labels, pool.pending)
+            stalled = len(pool.stalled)
             instances.add_metric([*labels, "idle"], len(pool.idle))
-            instances.add_metric([*labels, "busy"], len(pool.instances) - len(pool.idle) - stalled)
+            instances.add_metric([*labels, "busy"], pool.connected - len(pool.idle) - stalled)
             instances.add_metric([*labels, "stalled"], stalled)
             instances.add_metric([*labels, "starting"], len(pool.starting))
         yield concurrent

@@ -16,14 +16,15 @@ from collections.abc import Callable
 
 from . import scaling
 from .backends import Backend
-from .dispatching import Dispatcher, Pool
+from .dispatching import Dispatcher, PoolSnapshot
 from .metrics import Metrics
+from .registry import FunctionVersion
 
 log = logging.getLogger(__name__)
 
 
-def policy_for(pool: Pool, gateway_cap: int) -> scaling.Policy:
-    spec = pool.version.spec
+def policy_for(version: FunctionVersion, gateway_cap: int) -> scaling.Policy:
+    spec = version.spec
     cap = spec.concurrency.reserved
     if cap is None:
         cap = spec.scaling.max_instances or gateway_cap
@@ -35,13 +36,13 @@ def policy_for(pool: Pool, gateway_cap: int) -> scaling.Policy:
     )
 
 
-def state_of(pool: Pool) -> scaling.State:
+def state_of(snapshot: PoolSnapshot) -> scaling.State:
     return scaling.State(
-        active=pool.active,
-        connected=len(pool.instances),
-        starting=len(pool.starting),
-        idle_since=(*((i.id, i.idle_since) for i in pool.idle), *pool.starting.items()),
-        stalled_since=tuple((i.id, i.stalled_since) for i in pool.stalled() if i.stalled_since is not None),
+        active=snapshot.active,
+        connected=snapshot.connected,
+        starting=len(snapshot.starting),
+        idle_since=(*snapshot.idle, *snapshot.starting),
+        stalled_since=snapshot.stalled,
     )
 
 
@@ -55,6 +56,7 @@ class Scaler:
         gateway_cap: int,
         tick: float = 1.0,
         owned: Callable[[str], bool] = lambda function: True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._owned = owned
         self._dispatcher = dispatcher
@@ -62,18 +64,15 @@ class Scaler:
         self._metrics = metrics
         self._gateway_cap = gateway_cap
         self._tick = tick
+        self._clock = clock
         self._wake = asyncio.Event()
         self._adopted: set[tuple[str, str]] = set()
 
-    def poke(self, pool: Pool | None = None) -> None:
+    def poke(self, key: tuple[str, str] | None = None) -> None:
         self._wake.set()
 
     def instance_gone(self, key: tuple[str, str], instance_id: str) -> None:
-        pool = self._dispatcher.pools.get(key)
-        if pool is not None:
-            pool.starting.pop(instance_id, None)
-            if pool.pending:
-                self.poke()
+        self._dispatcher.withdraw(key, instance_id)  # wakes us (poke) if work still waits
 
     async def run(self) -> None:
         while True:
@@ -81,36 +80,38 @@ class Scaler:
                 await asyncio.wait_for(self._wake.wait(), self._tick)
             self._wake.clear()
             try:
-                await self.reconcile(time.monotonic())
+                await self.reconcile(self._clock())
             except Exception:  # a failing backend must not stop scaling of the other versions for good
                 log.exception("scaling step failed")
                 await asyncio.sleep(self._tick)
 
     async def reconcile(self, now: float) -> None:
-        for pool in list(self._dispatcher.pools.values()):
-            if not self._owned(pool.version.function):
-                self._adopted.discard(pool.version.key)  # adopted afresh if it comes back
+        for snapshot in self._dispatcher.snapshots():
+            version = snapshot.version
+            key = version.key
+            if not self._owned(version.function):
+                self._adopted.discard(key)  # adopted afresh if it comes back
                 continue
-            if pool.version.key not in self._adopted:
-                # Instances left running by a previous gateway count as starting until they reconnect, so a
-                # restart does not scale up beside them (nor, if they never return, keep them past the idle window).
-                self._adopted.add(pool.version.key)
-                left_running = await self._backend.adopt(pool.version)
-                pool.starting.clear()  # what it expected when it last owned the version is stale
-                pool.starting.update(dict.fromkeys(scaling.still_to_reconnect(left_running, len(pool.instances)), now))
-            decision = scaling.decide(state_of(pool), policy_for(pool, self._gateway_cap), now)
-            labels = (pool.version.spec.name, pool.version.version)
+            if key not in self._adopted:
+                # Instances left running by a previous gateway (or owner) count as starting until they reconnect,
+                # so a restart does not scale up beside them (nor, if they never return, keep them past the idle
+                # window). What it expected when it last owned the version is stale: replaced.
+                self._adopted.add(key)
+                left_running = await self._backend.adopt(version)
+                self._dispatcher.adopt(key, scaling.still_to_reconnect(left_running, snapshot.connected), now)
+                snapshot = self._dispatcher.snapshot(key) or snapshot
+            decision = scaling.decide(state_of(snapshot), policy_for(version, self._gateway_cap), now)
+            labels = (version.spec.name, version.version)
             if decision.start:
-                ids = await self._backend.start_instances(pool.version, decision.start)
-                pool.starting.update(dict.fromkeys(ids, now))
+                ids = await self._backend.start_instances(version, decision.start)
+                self._dispatcher.expect(key, ids, now)
                 self._metrics.instances_started.labels(*labels).inc(len(ids))
             stopped: list[str] = []
             for instance_id in decision.stop:
-                instance = pool.instances.get(instance_id)
-                if instance is not None and await self._dispatcher.retire(instance, "idle"):
+                if await self._dispatcher.retire_idle(key, instance_id, "idle"):
                     stopped.append(instance_id)
-                elif pool.starting.pop(instance_id, None) is not None:
+                elif self._dispatcher.withdraw(key, instance_id):
                     stopped.append(instance_id)  # asked for, never came: withdraw it
             if stopped:
-                await self._backend.stop_instances(pool.version, stopped)
+                await self._backend.stop_instances(version, stopped)
                 self._metrics.instances_stopped.labels(*labels).inc(len(stopped))
