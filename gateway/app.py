@@ -149,6 +149,9 @@ def create_app(
         server, endpoints.grpc_port = await rpc.start_server(servicer, settings.grpc_host, settings.grpc_port)
         yield
         await server.stop(grace=1)
+
+    async def run_peers(app: web.Application) -> AsyncIterator[None]:
+        yield
         await peers.close()
 
     async def run_backend(app: web.Application) -> AsyncIterator[None]:
@@ -187,7 +190,7 @@ def create_app(
             await task
 
     # Order matters: instances can connect before anything is dispatched, and the queue outlives its deliverer.
-    app.cleanup_ctx.extend([run_grpc, run_backend, run_queue, run_mirror, run_scaler, run_deliverer])
+    app.cleanup_ctx.extend([run_grpc, run_peers, run_backend, run_queue, run_mirror, run_scaler, run_deliverer])
     return app
 
 

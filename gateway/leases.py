@@ -28,8 +28,10 @@ from . import ownership
 from .ownership import Observed
 
 log = logging.getLogger(__name__)
+GONE_AFTER = 5  # lease durations without a renewal before a member Lease is deleted
 LEASE_LABEL = f"{naming.GROUP}/gateway-lease"  # its value: the prefix (the release) the Lease belongs to
 ADDRESS_ANNOTATION = f"{naming.GROUP}/address"  # "http_host:port grpc_host:port" of the holder
+BUCKETS_ANNOTATION = f"{naming.GROUP}/buckets"  # how many buckets the holder shares functions in
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Ownership:
         self._duration = 0.0
         self._changed = asyncio.Event()
         self._listeners: list[Listener] = []
+        self._bucket_of: dict[str, int] = {}  # a hash per invocation is on the warm path: computed once
 
     @classmethod
     def alone(cls, me: Peer | None = None) -> Ownership:
@@ -81,7 +84,10 @@ class Ownership:
         return sum(base + (1 if bucket < extra else 0) for bucket in self.held())
 
     def bucket(self, function: str) -> int:
-        return ownership.bucket_of(function, self.buckets)
+        bucket = self._bucket_of.get(function)
+        if bucket is None:
+            bucket = self._bucket_of[function] = ownership.bucket_of(function, self.buckets)
+        return bucket
 
     def is_mine(self, function: str) -> bool:
         return self.holds(self.bucket(function))
@@ -184,7 +190,7 @@ class LeaseKeeper:
                 self._mine[bucket] = sent
             else:
                 del self._mine[bucket]
-        if not self._stopping:
+        if not self._stopping and self._agreed(by_name, now):
             decided = ownership.plan(me.identity, self._buckets(now), self._members(now), now)
             for bucket in decided.give:
                 self._mine.pop(bucket, None)  # not ours from now: before the write, which lets others take it
@@ -194,6 +200,7 @@ class LeaseKeeper:
                 sent = self._clock()
                 if await self._write(self.bucket_name(bucket), by_name, holder=me.identity, taking=True):
                     self._mine[bucket] = sent
+            await self._collect(now)
         self._publish()
 
     async def release(self) -> None:
@@ -211,6 +218,35 @@ class LeaseKeeper:
             await self._write(self.bucket_name(bucket), by_name, holder="", expect_holder=me)
         with contextlib.suppress(ApiException):
             await self._leases.delete_namespaced_lease(self.member_name(me), self._namespace)
+
+    def _agreed(self, by_name: dict[str, Any], now: float) -> bool:
+        """Whether every live member shares functions in as many buckets as this one. With another count a
+        function hashes to another bucket there, and two replicas could both own it: take nothing until the
+        other count is gone (changing --replica-buckets means stopping every replica first)."""
+        mine = str(self._state.buckets)
+        for name in self._members_named(now):
+            theirs = (by_name[name].metadata.annotations or {}).get(BUCKETS_ANNOTATION, mine)
+            if theirs != mine:
+                log.error("member %s shares functions in %s buckets, this replica in %s: taking none", name, theirs,
+                          mine)  # fmt: skip
+                return False
+        return True
+
+    def _members_named(self, now: float) -> list[str]:
+        prefix = self.member_name("")
+        return [name for name, lease in self._seen.items() if name.startswith(prefix) and not lease.expired(now)]
+
+    async def _collect(self, now: float) -> None:
+        """Member Leases of replicas gone for good (a pod never comes back under its name) are deleted, at the
+        resourceVersion seen, so that a live one renewing meanwhile is left alone."""
+        prefix, me = self.member_name(""), self.member_name(self._state.me.identity)
+        for name, lease in self._seen.items():
+            if name.startswith(prefix) and name != me and now - lease.changed_at >= GONE_AFTER * lease.duration:
+                body = client.V1DeleteOptions(
+                    preconditions=client.V1Preconditions(resource_version=lease.resource_version)
+                )
+                with contextlib.suppress(ApiException):
+                    await self._leases.delete_namespaced_lease(name, self._namespace, body=body)
 
     # ---- what was seen -----------------------------------------------------------------------------------------
 
@@ -274,7 +310,10 @@ class LeaseKeeper:
             "metadata": {
                 "name": name,
                 "labels": {LEASE_LABEL: self._prefix},
-                "annotations": {ADDRESS_ANNOTATION: self._state.me.address},
+                "annotations": {
+                    ADDRESS_ANNOTATION: self._state.me.address,
+                    BUCKETS_ANNOTATION: str(self._state.buckets),
+                },
             },
             "spec": {
                 "holderIdentity": holder or None,

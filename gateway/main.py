@@ -230,7 +230,10 @@ async def serve(
         guard.attach(runner.server)
         sweeper = asyncio.create_task(guard.run(), name="connection-guard")
         if keeper is not None:
-            await keeper.step()  # serve knowing the owners (and owning a share) from the first request
+            try:
+                await keeper.step()  # serve knowing the owners (and owning a share) from the first request
+            except Exception:  # the API server away: requests wait for an owner, the loop keeps trying
+                log.exception("first lease step failed")
             keeping = asyncio.create_task(keeper.run(), name="replica-leases")
         await listener.start_serving()
         port = listener.sockets[0].getsockname()[1]

@@ -26,9 +26,9 @@ TAG=$(find kambda gateway runtime operator pyproject.toml hack/images-local.sh h
   -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-12)
 
 base() { # base NAME PACKAGES [SUITE] -> a cached, trimmed debootstrap rootfs tarball
-  # Keyed by the package list too: adding a package to an image must not reuse an older base without it.
-  local out=$CACHE/$1-$(echo "$2 ${3:-bookworm}" | cksum | cut -d" " -f1)-base.tar root suite=${3:-bookworm}
-  if [ ! -s "$out" ]; then
+  local out=$CACHE/$1-base.tar root suite=${3:-bookworm}
+  # Rebuilt when its package list changes: adding a package to an image must not reuse an older base without it.
+  if [ ! -s "$out" ] || [ "$(cat "$out.packages" 2>/dev/null)" != "$2 $suite" ]; then
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     root=$(mktemp -d)
     debootstrap --variant=minbase --include="$2" "$suite" "$root" "$DEBIAN_MIRROR" > "$CACHE/debootstrap-$1.log" 2>&1 \
@@ -37,6 +37,7 @@ base() { # base NAME PACKAGES [SUITE] -> a cached, trimmed debootstrap rootfs ta
       "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/usr/share/info/* \
       "$root"/var/log/*.log
     tar -C "$root" -cf "$out.tmp" . && mv "$out.tmp" "$out"
+    echo "$2 $suite" > "$out.packages"
     rm -rf "$root"
   fi
   echo "$out"

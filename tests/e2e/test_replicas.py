@@ -231,13 +231,13 @@ def test_4_scaling_from_and_to_zero_has_one_writer(platform: Platform) -> None:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        with ThreadPoolExecutor(12) as pool:  # a demand of 12, sent to all three replicas
-            results = list(pool.map(call, range(12)))
+        with ThreadPoolExecutor(6) as pool:  # a demand of 6, sent to all three replicas
+            results = list(pool.map(call, range(6)))
     finally:
         done.set()
         watcher.join()
-    assert results == ["ok"] * 12
-    assert 1 <= peak["replicas"] <= 12  # never beyond the demand, however many replicas saw it
+    assert results == ["ok"] * 6
+    assert 1 <= peak["replicas"] <= 6  # never beyond the demand, however many replicas saw it
     assert eventually(lambda: platform.replicas("bursty", "1") == 0 and not platform.pods("bursty"), timeout=90)
 
     # The API server's view: every write of the scale came from one replica, the owner.
@@ -256,6 +256,7 @@ class Load:
         self.client = lambda_client(platform.url, platform.key, attempts=3, read_timeout=60)
         self.function = function
         self.results: list[tuple[float, float, str]] = []  # (start, end, "ok" or the error)
+        self.retried = 0  # requests that succeeded only on an SDK retry (reported, not hidden)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(concurrency)]
 
@@ -276,6 +277,8 @@ class Load:
                 response = self.client.invoke(FunctionName=self.function, Payload=b'{"i": 1}')
                 outcome = "FunctionError" if "FunctionError" in response else "ok"
                 response["Payload"].read()
+                if response["ResponseMetadata"].get("RetryAttempts"):
+                    self.retried += 1
             except Exception as exc:  # a failed request is what this counts
                 outcome = f"{type(exc).__name__}: {exc}"
             self.results.append((start, time.monotonic(), outcome))
@@ -298,7 +301,8 @@ def test_5_a_rolling_upgrade_under_load_fails_no_request(platform: Platform) -> 
         assert eventually(lambda: settled(platform) and not set(gateway_pods(platform)) & before, timeout=120)
         count = len(load.results)
         assert eventually(lambda: len(load.results) > count + 50, timeout=30)  # and still served after it
-    print(f"rolling upgrade: {len(load.results)} requests at concurrency 8, {len(load.failures())} failed")
+    print(f"rolling upgrade: {len(load.results)} requests at concurrency 8, {len(load.failures())} failed, "
+          f"{load.retried} answered on an SDK retry")  # fmt: skip
     assert load.failures() == [], load.failures()[:5]
 
 
@@ -336,7 +340,7 @@ def test_6_the_owner_crashed_under_load_loses_only_its_in_flight_requests(platfo
     disturbed = [end for start, end, outcome in load.results if end >= killed and (end - start > 1 or outcome != "ok")]
     recovery = (max(disturbed) - killed) if disturbed else 0.0
     print(f"failover: {len(failures)} failed of {len(load.results)}, {len(in_flight)} in flight at the kill, "
-          f"recovered in {recovery:.1f} s")  # fmt: skip
+          f"{load.retried} answered on an SDK retry, recovered in {recovery:.1f} s")  # fmt: skip
     assert len(failures) <= len(in_flight), failures[:5]
     assert recovery <= 15.0, recovery
     assert owner not in gateway_pods(platform)

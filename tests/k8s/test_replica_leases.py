@@ -114,3 +114,42 @@ async def test_contenders_never_both_own_a_bucket(api: client.ApiClient, namespa
             for other in held[i + 1 :]:
                 assert not mine & other, held
     assert_one_owner_each(states)
+
+
+async def test_a_replica_with_another_bucket_count_takes_nothing(api: client.ApiClient, namespace: str) -> None:
+    """With another count a function hashes to another bucket: two replicas could both own it. The newcomer waits."""
+    state, keeper = replica(api, namespace, "count", "a")
+    await settle([keeper])
+    assert state.held() == set(range(BUCKETS))
+    other = Ownership(Peer("bb", "10.0.0.9:8080", "10.0.0.9:9090"), BUCKETS * 2)
+    other_keeper = LeaseKeeper(api, namespace, "count", other, duration=DURATION)
+    for _ in range(3):  # buckets 8-15 of its count are free: only the disagreement stops it from taking them
+        await other_keeper.step()
+        await keeper.step()
+    assert other.held() == set() and state.held() == set(range(BUCKETS))
+
+
+async def test_the_member_lease_of_a_replica_gone_for_good_is_deleted(api: client.ApiClient, namespace: str) -> None:
+    replicas = [replica(api, namespace, "gone", name) for name in ("a", "bb")]
+    keepers = [k for _, k in replicas]
+    await settle(keepers)
+    leases = client.CoordinationV1Api(api)
+
+    async def members() -> set[str]:
+        listed = await leases.list_namespaced_lease(namespace)
+        return {item.metadata.name for item in listed.items if item.metadata.name.startswith("gone-member-")}
+
+    assert await members() == {"gone-member-a", "gone-member-bb"}
+    died = time.monotonic()  # "a" stops renewing; "bb" goes on
+    while "gone-member-a" in await members():
+        assert time.monotonic() - died < (leases_gone_after() + 2) * DURATION, "never collected"
+        await keepers[1].step()
+        await asyncio.sleep(DURATION / 4)
+    assert time.monotonic() - died >= leases_gone_after() * DURATION * 0.9
+    assert await members() == {"gone-member-bb"}
+
+
+def leases_gone_after() -> float:
+    from kambda.gateway.leases import GONE_AFTER
+
+    return float(GONE_AFTER)
