@@ -103,6 +103,20 @@ def placements(platform: Platform, function: str) -> dict[str, dict[str, float]]
     return out
 
 
+def instances(platform: Platform, replica: str, function: str, states: tuple[str, ...]) -> float:
+    """kambda_instances of `function` on `replica`, summed over `states`."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{gateway_pods(platform)[replica]}:{HTTP_PORT}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("kambda_instances{") and f'function="{function}"' in line
+        and any(f'state="{state}"' in line for state in states)
+    )  # fmt: skip
+
+
 def deploy(platform: Platform, name: str, code: str, **spec: Any) -> None:
     platform.apply(function_manifest(name, code, **spec))
     assert eventually(lambda: platform.ready(name, "1"), timeout=60), platform.operator_logs()
@@ -313,15 +327,28 @@ def test_6_the_owner_crashed_under_load_loses_only_its_in_flight_requests(platfo
     acked: list[str] = []
     sending = threading.Event()
 
+    unacked: list[str] = []  # sends that got no 202 (the producer sends those again, as a real one would)
+
     def send_events() -> None:
         for i in range(1000):
             if i == 500:
                 sending.set()  # half before the kill, half across and after it
-            response = async_client.invoke(FunctionName="spread", InvocationType="Event", Payload=json.dumps({"i": i}))
-            if response["StatusCode"] == 202:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    response = async_client.invoke(
+                        FunctionName="spread", InvocationType="Event", Payload=json.dumps({"i": i})
+                    )
+                except Exception as exc:  # never acknowledged: nothing was promised, so it is sent again
+                    unacked.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                assert response["StatusCode"] == 202
                 acked.append(str(response["ResponseMetadata"]["RequestId"]))
+                break
 
     with Load(platform, "spread") as load:
+        assert eventually(lambda: len(load.results) > 50, timeout=30)
+        function_pods = {p["metadata"]["name"] for p in platform.pods("spread", "1")}
         sender = threading.Thread(target=send_events)
         sender.start()
         assert sending.wait(120)
@@ -340,10 +367,21 @@ def test_6_the_owner_crashed_under_load_loses_only_its_in_flight_requests(platfo
     disturbed = [end for start, end, outcome in load.results if end >= killed and (end - start > 1 or outcome != "ok")]
     recovery = (max(disturbed) - killed) if disturbed else 0.0
     print(f"failover: {len(failures)} failed of {len(load.results)}, {len(in_flight)} in flight at the kill, "
-          f"{load.retried} answered on an SDK retry, recovered in {recovery:.1f} s")  # fmt: skip
+          f"{load.retried} answered on an SDK retry, recovered in {recovery:.1f} s; "
+          f"{len(unacked)} event sends unacknowledged and sent again")  # fmt: skip
     assert len(failures) <= len(in_flight), failures[:5]
     assert recovery <= 15.0, recovery
     assert owner not in gateway_pods(platform)
+    # The function's pods outlived their owner: their agents reconnected to the new one, which serves with them.
+    new_owner = owner_of(platform, "spread")
+    assert new_owner != owner
+    surviving = function_pods & {p["metadata"]["name"] for p in platform.pods("spread", "1")}
+    assert surviving, function_pods
+
+    def connected() -> float:
+        return instances(platform, new_owner, "spread", ("idle", "busy", "stalled"))
+
+    assert eventually(lambda: connected() >= len(surviving), timeout=30), (connected(), surviving)
     # Every event the platform acknowledged is delivered, the dead replica's claimed ones included.
     assert len(acked) == 1000
 
