@@ -31,7 +31,7 @@ SERVER_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 2_000),  # below the agents' 3 s keepalive (agent/main.py)
     ("grpc.http2.max_pings_without_data", 0),
     # gRPC sets SO_REUSEPORT by default, which let a second process (a function, or a second gateway) bind the same
     # port and receive reconnecting agents and their credentials. One listener per port.

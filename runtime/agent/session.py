@@ -69,7 +69,7 @@ class Session:
         self, channel: aio.Channel, identity: Identity, *, on_stop: Callable[[str], None], dial: Dial | None = None
     ) -> None:
         self._home = pb_grpc.RuntimeInterfaceStub(channel)  # type: ignore[no-untyped-call]
-        self._dial = dial or (lambda target: aio.insecure_channel(target))
+        self._dial = dial or aio.insecure_channel
         self._redirected: tuple[str, aio.Channel, pb_grpc.RuntimeInterfaceStub] | None = None
         self._identity = identity
         self._on_stop = on_stop

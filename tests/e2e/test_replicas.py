@@ -320,7 +320,11 @@ def test_5_a_rolling_upgrade_under_load_fails_no_request(platform: Platform) -> 
     assert load.failures() == [], load.failures()[:5]
 
 
-def test_6_the_owner_crashed_under_load_loses_only_its_in_flight_requests(platform: Platform) -> None:
+@pytest.mark.parametrize("how", ["force-deleted", "crashed"])
+def test_6_the_owner_lost_under_load_loses_only_its_in_flight_requests(platform: Platform, how: str) -> None:
+    """force-deleted: `kubectl delete pod --grace-period=0 --force`, its network namespace gone with it (no FIN
+    reaches its agents or peers). crashed: first a SIGKILL of its process (nothing handed over, its leases must
+    expire), then the same deletion, so it does not come back in the same pod."""
     deploy(platform, "spread", SPREAD, scaling={"idleSeconds": 60})
     owner = owner_of(platform, "spread")
     async_client = lambda_client(platform.url, platform.key, attempts=3)
@@ -352,12 +356,11 @@ def test_6_the_owner_crashed_under_load_loses_only_its_in_flight_requests(platfo
         sender = threading.Thread(target=send_events)
         sender.start()
         assert sending.wait(120)
-        # A crash, not a shutdown: SIGKILL of the owner's process (it hands nothing over, its leases must expire),
-        # then its pod deleted with --grace-period=0 --force, so it does not come back in the same pod.
         pids = host_pids("kambda", "gateway", f"--identity={owner}")
         assert len(pids) == 1, pids
         killed = time.monotonic()
-        os.kill(pids[0], signal.SIGKILL)
+        if how == "crashed":
+            os.kill(pids[0], signal.SIGKILL)
         platform.kube.kubectl("delete", "pod", owner, "-n", platform.release.system, "--grace-period=0", "--force")
         assert eventually(lambda: time.monotonic() - killed > 20, timeout=30)  # 20 s of load across the kill
         sender.join()
@@ -366,7 +369,7 @@ def test_6_the_owner_crashed_under_load_loses_only_its_in_flight_requests(platfo
     # Recovery: from the kill to the end of the last request that was slow (over 1 s) or failed.
     disturbed = [end for start, end, outcome in load.results if end >= killed and (end - start > 1 or outcome != "ok")]
     recovery = (max(disturbed) - killed) if disturbed else 0.0
-    print(f"failover: {len(failures)} failed of {len(load.results)}, {len(in_flight)} in flight at the kill, "
+    print(f"failover ({how}): {len(failures)} failed of {len(load.results)}, {len(in_flight)} in flight at the kill, "
           f"{load.retried} answered on an SDK retry, recovered in {recovery:.1f} s; "
           f"{len(unacked)} event sends unacknowledged and sent again")  # fmt: skip
     assert len(failures) <= len(in_flight), failures[:5]
