@@ -91,12 +91,13 @@ def create_app(
     app = web.Application(client_max_size=largest + 1, middlewares=middlewares)
     metrics = Metrics()
     scaler_box: list[Scaler] = []
+    ownership = ownership or Ownership.alone()
     dispatcher = Dispatcher(
         on_demand=lambda key: scaler_box[0].poke(key) if scaler_box else None,
         queue_timeout=settings.queue_timeout,
+        owned=ownership.is_mine,
     )
     metrics.watch(dispatcher)
-    ownership = ownership or Ownership.alone()
     scaler = Scaler(
         dispatcher, backend, metrics, gateway_cap=settings.max_concurrency, tick=settings.scaler_tick,
         owned=ownership.is_mine,
@@ -112,7 +113,7 @@ def create_app(
 
     admission = Admission(ownership.share(settings.max_concurrency))
     invoker = Invoker(dispatcher, metrics, admission)
-    peers = PeerClient(signing_key)
+    peers = PeerClient(signing_key, queue_timeout=settings.queue_timeout)
     placement = Placement(ownership, invoker, peers, metrics)
     servicer = rpc.RuntimeInterface(registry, dispatcher, signing_key, ownership)
 

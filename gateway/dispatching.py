@@ -169,7 +169,9 @@ class Dispatcher:
         on_demand: Callable[[tuple[str, str]], None],
         queue_timeout: float = 120.0,
         clock: Clock | None = None,
+        owned: Callable[[str], bool] = lambda function: True,
     ) -> None:
+        self._owned = owned  # replicas: whether this one still owns a function (leases.Ownership.is_mine)
         self._pools: dict[tuple[str, str], Pool] = {}
         self._on_demand = on_demand  # the scaler's wake-up: work is waiting and no instance is idle
         self._queue_timeout = queue_timeout
@@ -239,6 +241,12 @@ class Dispatcher:
         return False
 
     def _queue(self, pool: Pool, invocation: Invocation, *, first: bool = False) -> None:
+        if not self._owned(pool.version.function):
+            # Handed over meanwhile (work declined or a failed write, after the hand-over): nothing here will serve
+            # it again, so it goes to the new owner at once rather than waiting out the queue timeout.
+            if not invocation.future.done():
+                invocation.future.set_exception(Moved())
+            return
         if first:
             pool._pending.appendleft(invocation)
         else:

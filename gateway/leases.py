@@ -69,12 +69,14 @@ class Ownership:
         self._changed = asyncio.Event()
         self._listeners: list[Listener] = []
         self._bucket_of: dict[str, int] = {}  # a hash per invocation is on the warm path: computed once
+        self._published: set[int] = set()  # held() as the listeners last heard it
+        self.single = False  # Ownership.alone(): no replicas, every function is this gateway's
 
     @classmethod
     def alone(cls, me: Peer | None = None) -> Ownership:
         """A gateway without replicas: it owns every function, for good."""
         state = cls(me or Peer("gateway", "", ""), 1)
-        state._mine, state._duration = {0: 0.0}, math.inf
+        state._mine, state._duration, state._published, state.single = {0: 0.0}, math.inf, {0}, True
         return state
 
     def share(self, limit: int) -> int:
@@ -116,10 +118,12 @@ class Ownership:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
     def _update(self, owners: dict[int, Peer], mine: dict[int, float], duration: float) -> None:
-        before = self.held()
+        # Against what was last published, not what holds now: a bucket that lapsed by time since (renewals failed)
+        # must still be reported lost, so that its waiting work and idle instances are handed over.
+        before = self._published
         previous = self._owners
         self._owners, self._mine, self._duration = owners, mine, duration
-        after = self.held()
+        after = self._published = self.held()
         if owners != previous or before != after:
             event, self._changed = self._changed, asyncio.Event()
             event.set()
@@ -153,6 +157,8 @@ class LeaseKeeper:
         self._seen: dict[str, Observed] = {}
         self._mine: dict[int, float] = {}
         self._stopping = False
+        self._written = max(1, round(duration))  # what the Leases say (whole seconds): the holder trusts the shorter
+        self._lock = asyncio.Lock()  # a step and the release never interleave (both change _mine)
 
     # ---- names -------------------------------------------------------------------------------------------------
 
@@ -174,12 +180,23 @@ class LeaseKeeper:
             await asyncio.sleep(max(0.0, self.interval - (self._clock() - started)))
 
     async def step(self) -> None:
-        """One round: look, renew, rebalance, publish."""
+        """One round: look, renew, rebalance; what it ends with is published even if a call failed half-way (the
+        renewals that succeeded count, and a bucket that lapsed is handed over)."""
+        async with self._lock:
+            try:
+                await self._step()
+            finally:
+                self._publish()
+
+    async def _list(self) -> dict[str, Any]:
         listed = await self._leases.list_namespaced_lease(
-            self._namespace, label_selector=f"{LEASE_LABEL}={self._prefix}"
+            self._namespace, label_selector=f"{LEASE_LABEL}={self._prefix}", _request_timeout=self.interval
         )
+        return {item.metadata.name: item for item in listed.items}
+
+    async def _step(self) -> None:
+        by_name = await self._list()
         now = self._clock()
-        by_name = {item.metadata.name: item for item in listed.items}
         self._observe(by_name, now)
         me = self._state.me
         if not self._stopping:  # a replica that has left keeps looking (it forwards), but is no member
@@ -191,7 +208,7 @@ class LeaseKeeper:
             else:
                 del self._mine[bucket]
         if not self._stopping and self._agreed(by_name, now):
-            decided = ownership.plan(me.identity, self._buckets(now), self._members(now), now)
+            decided = ownership.plan(me.identity, self._buckets(), self._members(now), now, set(self._mine))
             for bucket in decided.give:
                 self._mine.pop(bucket, None)  # not ours from now: before the write, which lets others take it
                 self._publish()
@@ -201,23 +218,20 @@ class LeaseKeeper:
                 if await self._write(self.bucket_name(bucket), by_name, holder=me.identity, taking=True):
                     self._mine[bucket] = sent
             await self._collect(now)
-        self._publish()
 
     async def release(self) -> None:
         """Give every bucket back and leave (a replica stopping): the others take over at their next step, not after
         the leases expire. The loop goes on observing, so that this replica forwards to the new owners."""
-        self._stopping = True
-        listed = await self._leases.list_namespaced_lease(
-            self._namespace, label_selector=f"{LEASE_LABEL}={self._prefix}"
-        )
-        by_name = {item.metadata.name: item for item in listed.items}
-        buckets, self._mine = list(self._mine), {}
-        self._publish()
-        me = self._state.me.identity
-        for bucket in buckets:
-            await self._write(self.bucket_name(bucket), by_name, holder="", expect_holder=me)
-        with contextlib.suppress(ApiException):
-            await self._leases.delete_namespaced_lease(self.member_name(me), self._namespace)
+        async with self._lock:
+            self._stopping = True
+            buckets, self._mine = list(self._mine), {}
+            self._publish()
+            by_name = await self._list()
+            me = self._state.me.identity
+            for bucket in buckets:
+                await self._write(self.bucket_name(bucket), by_name, holder="", expect_holder=me)
+            with contextlib.suppress(ApiException):
+                await self._leases.delete_namespaced_lease(self.member_name(me), self._namespace)
 
     def _agreed(self, by_name: dict[str, Any], now: float) -> bool:
         """Whether every live member shares functions in as many buckets as this one. With another count a
@@ -265,7 +279,7 @@ class LeaseKeeper:
             )
         self._seen = seen
 
-    def _buckets(self, now: float) -> dict[int, Observed | None]:
+    def _buckets(self) -> dict[int, Observed | None]:
         return {b: self._seen.get(self.bucket_name(b)) for b in range(self._state.buckets)}
 
     def _members(self, now: float) -> set[str]:
@@ -282,13 +296,13 @@ class LeaseKeeper:
             if name.startswith(self.member_name("")) and not lease.expired(now)
         }
         owners: dict[int, Peer] = {}
-        for bucket, lease in self._buckets(now).items():
+        for bucket, lease in self._buckets().items():
             if lease is None or lease.expired(now) or lease.holder not in addresses:
                 continue
             peer = Peer.parse(lease.holder, addresses[lease.holder])
             if peer is not None:
                 owners[bucket] = peer
-        self._state._update(owners, dict(self._mine), self._duration)
+        self._state._update(owners, dict(self._mine), min(self._duration, float(self._written)))
 
     # ---- writes ------------------------------------------------------------------------------------------------
 
@@ -317,14 +331,16 @@ class LeaseKeeper:
             },
             "spec": {
                 "holderIdentity": holder or None,
-                "leaseDurationSeconds": max(1, round(self._duration)),
+                "leaseDurationSeconds": self._written,
                 "renewTime": _micro_time(now),
             },
         }
         try:
             if current is None:
                 body["spec"]["acquireTime"] = _micro_time(now)
-                await self._leases.create_namespaced_lease(self._namespace, cast(Any, body))
+                await self._leases.create_namespaced_lease(
+                    self._namespace, cast(Any, body), _request_timeout=self.interval
+                )
                 return True
             if expect_holder is not None and (current.spec.holder_identity or "") != expect_holder:
                 return False  # taken over meanwhile (we were seen as expired)
@@ -335,9 +351,11 @@ class LeaseKeeper:
                 body["spec"]["acquireTime"] = _micro_time(now)
                 body["spec"]["leaseTransitions"] = (current.spec.lease_transitions or 0) + 1
             body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            await self._leases.replace_namespaced_lease(name, self._namespace, cast(Any, body))
+            await self._leases.replace_namespaced_lease(
+                name, self._namespace, cast(Any, body), _request_timeout=self.interval
+            )
             return True
         except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
+            if exc.status not in (404, 409):  # 409: another wrote first; anything else: this round, not written
+                log.warning("lease %s not written: %s %s", name, exc.status, exc.reason)
+            return False

@@ -155,6 +155,10 @@ class Replicas:
     def ownership(self, settings: GatewaySettings, http_port: int) -> tuple[Ownership, LeaseKeeper]:
         if not settings.advertise_host or not settings.identity or not settings.grpc_port:
             raise StartError("several replicas need --advertise-host, --identity and a fixed --grpc-port")
+        if settings.max_concurrency < settings.replica_buckets:
+            # Each bucket carries max_concurrency / buckets of the limit: some would carry none at all.
+            raise StartError(f"--max-concurrency {settings.max_concurrency} is below --replica-buckets "
+                             f"{settings.replica_buckets}: each bucket carries a share of it")  # fmt: skip
         host = settings.advertise_host
         me = Peer(settings.identity, f"{host}:{http_port}", f"{host}:{settings.grpc_port}")
         state = Ownership(me, settings.replica_buckets)

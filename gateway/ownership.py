@@ -8,7 +8,8 @@ number of Leases fixed however many functions there are.
 
 A Lease is judged by what this replica has seen, never by the timestamps in it (client-go's rule, which makes clock
 skew between nodes harmless): a lease whose resourceVersion has not changed for its duration, as timed here, has
-expired. A holder stops counting a bucket as its own `SAFETY` before a contender could take it.
+expired. A holder stops counting a bucket as its own at `SAFETY` x the duration after its last successful renewal
+was sent, before a contender could take it.
 
 The I/O — listing, renewing, taking and giving back Leases — is `leases.py`.
 """
@@ -57,8 +58,10 @@ def fair_share(buckets: int, members: int) -> int:
     return math.ceil(buckets / max(1, members))
 
 
-def plan(identity: str, buckets: dict[int, Observed | None], members: set[str], now: float) -> Plan:
-    """What `identity` should do next, from the buckets (None: no Lease yet) and the live members (itself included).
+def plan(identity: str, buckets: dict[int, Observed | None], members: set[str], now: float, mine: set[int]) -> Plan:
+    """What `identity` should do next, from the buckets (None: no Lease yet), the live members (itself included)
+    and `mine`, the buckets this process holds (a Lease under its name it does not hold is a predecessor's, from
+    before a restart: not free until it expires, and never given back by this process).
 
     A replica takes free buckets up to its fair share and gives back what it holds beyond it — but only when a live
     member holds less than its share, so replicas that briefly disagree on the membership do not pass buckets back
@@ -71,17 +74,16 @@ def plan(identity: str, buckets: dict[int, Observed | None], members: set[str], 
     for bucket, lease in buckets.items():
         if lease is None or lease.expired(now):
             free.append(bucket)
-        elif lease.holder in held:
+        elif lease.holder in held and lease.holder != identity:
             held[lease.holder] += 1
-    mine = sorted(b for b, lease in buckets.items() if lease is not None and lease.holder == identity
-                  and not lease.expired(now))  # fmt: skip
+    ours = sorted(mine)
     take: tuple[int, ...] = ()
     give: tuple[int, ...] = ()
-    if len(mine) < share and free:
+    if len(ours) < share and free:
         free.sort(key=lambda b: preference(identity, b))
-        take = tuple(free[: share - len(mine)])
-    elif len(mine) > share and any(count < share for holder, count in held.items() if holder != identity):
+        take = tuple(free[: share - len(ours)])
+    elif len(ours) > share and any(count < share for holder, count in held.items() if holder != identity):
         # The least preferred go back: each replica keeps the buckets it would pick first.
-        mine.sort(key=lambda b: preference(identity, b))
-        give = tuple(mine[share:])
+        ours.sort(key=lambda b: preference(identity, b))
+        give = tuple(ours[share:])
     return Plan(take=take, give=give)

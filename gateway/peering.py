@@ -39,6 +39,7 @@ PEER_HEADER = "X-Kambda-Peer"
 SKEW_SECONDS = 60.0  # a signed request older (or newer) than this is refused
 MAX_BODY = 8 * 1024 * 1024  # a 6 MB payload and the rest of the Invocation
 CONNECT_TIMEOUT = 2.0
+ANSWER_MARGIN = 30.0  # beyond the owner's own bounds (its grace for a silent instance is 10 s)
 
 
 def peer_key(signing_key: bytes) -> bytes:
@@ -80,8 +81,9 @@ def decode(body: bytes) -> Invocation:
 class PeerClient:
     """The Forwarder of `placement.Placement`: one keep-alive connection pool to the other replicas."""
 
-    def __init__(self, signing_key: bytes) -> None:
+    def __init__(self, signing_key: bytes, *, queue_timeout: float) -> None:
         self._key = peer_key(signing_key)
+        self._queue_timeout = queue_timeout
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -90,9 +92,13 @@ class PeerClient:
 
     async def run(self, peer: Peer, version: FunctionVersion, invocation: Invocation) -> Outcome:
         if self._session is None:
-            # No overall timeout: the owner bounds the invocation (its timeout, the queue timeout).
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
-            self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+            # No limit of its own on connections: the owner's admission bounds what runs (aiohttp's default 100
+            # would queue forwards without bound behind it).
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+        # The owner answers within the queue timeout, the function's timeout and the grace; an owner whose node
+        # vanished (no FIN, no RST) is given up on after that, instead of the kernel's ~15 min of retransmits.
+        answer_within = self._queue_timeout + version.spec.timeout_seconds + ANSWER_MARGIN
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=answer_within)
         body = encode(invocation)
         seconds = int(time.time())
         headers = {
@@ -102,7 +108,7 @@ class PeerClient:
         url = f"http://{peer.http}{ROUTE}"
         params = {"function": version.function, "version": version.version}
         try:
-            response = await self._session.post(url, params=params, data=body, headers=headers)
+            response = await self._session.post(url, params=params, data=body, headers=headers, timeout=timeout)
         except aiohttp.ClientConnectionError as exc:
             # Refused, reset, or closed before an answer: the owner is gone (or a pooled connection was stale). The
             # invocation goes to the next owner: had it started here, that is what the SDK's retry of a 5xx does.
@@ -119,10 +125,13 @@ class PeerClient:
 
 def _outcome(response: aiohttp.ClientResponse, data: bytes) -> Outcome:
     if response.status == 200:
-        if response.headers.get("X-Kambda-Outcome") == "error":
-            error = pb.Error.FromString(data)
-            return Outcome(error.payload, error.error_type, error.report, error.log_tail)
-        result = pb.Response.FromString(data)
+        try:
+            if response.headers.get("X-Kambda-Outcome") == "error":
+                error = pb.Error.FromString(data)
+                return Outcome(error.payload, error.error_type, error.report, error.log_tail)
+            result = pb.Response.FromString(data)
+        except DecodeError:
+            raise OwnerLost("the owner's answer is not an Outcome") from None
         return Outcome(result.payload, None, result.report, result.log_tail)
     if response.status == 429:
         raise Throttled(response.headers.get("X-Kambda-Throttle", ""))
@@ -188,10 +197,10 @@ class PeerAPI:
 def _claim(header: str) -> tuple[int, str] | None:
     """(seconds, signature) of a peer header whose time is within the window, else None."""
     seconds_text, _, presented = header.partition(" ")
-    try:
-        seconds = int(seconds_text)
-    except ValueError:
+    # Shapes checked first: hmac.compare_digest refuses non-ASCII text, and a huge number overflows a float.
+    if not (seconds_text.isdigit() and len(seconds_text) <= 12 and len(presented) == 64 and presented.isascii()):
         return None
-    if abs(time.time() - seconds) > SKEW_SECONDS or not presented:
+    seconds = int(seconds_text)
+    if abs(time.time() - seconds) > SKEW_SECONDS:
         return None
     return seconds, presented

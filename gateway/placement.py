@@ -6,9 +6,10 @@ forwarded hop is one HTTP request to the owner's internal route (`peering.py`), 
 replicas share, and answered with the Outcome.
 
 While a function has no owner (its owner died and its lease has not expired yet; a bucket being handed over) a
-request waits for one, up to `wait`; a forward that cannot reach the owner waits for the owners to change and goes to
-the new one. Only a request that reached an owner that then died fails (`OwnerLost`, a 502 the SDKs retry), since it
-may have run.
+request waits for one, up to `wait`; a forward that cannot reach the owner, or whose connection breaks before an
+answer, goes to the next owner once the owners change. An invocation that had started on an owner that then died
+may so run twice — exactly what the SDK's retry of a 5xx would do. Only an answer that makes no sense fails the
+request (`OwnerLost`, a 502 the SDKs retry).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .dispatching import Invocation, Moved, Outcome
 from .invoking import Invoker
@@ -25,6 +26,9 @@ from .metrics import Metrics
 from .registry import FunctionVersion
 
 log = logging.getLogger(__name__)
+
+
+MAX_ATTEMPTS = 10  # owners asked in turn before giving up (each change of owners is one)
 
 
 class NoOwner(Exception):
@@ -36,7 +40,7 @@ class OwnerLost(Exception):
 
 
 class Unreachable(Exception):
-    """The owner could not be reached at all: the invocation was not delivered, so it may go elsewhere."""
+    """The owner could not be reached, or went away before it answered: the invocation goes to the next owner."""
 
 
 class NotOwner(Exception):
@@ -45,8 +49,9 @@ class NotOwner(Exception):
 
 class Forwarder(Protocol):
     async def run(self, peer: Peer, version: FunctionVersion, invocation: Invocation) -> Outcome:
-        """Run on `peer`. Raises Unreachable or NotOwner when nothing ran, OwnerLost when it may have,
-        invoking.Throttled and dispatching.NoInstance as the owner's Invoker does."""
+        """Run on `peer`. Raises NotOwner when nothing ran there, Unreachable when the owner is gone (it may have
+        started it), OwnerLost for an answer that makes no sense, invoking.Throttled and dispatching.NoInstance as
+        the owner's Invoker does."""
         ...
 
 
@@ -65,28 +70,42 @@ class Placement:
         self._invoker = invoker
         self._forwarder = forwarder
         self._metrics = metrics
+        self._counted: dict[tuple[str, str], Any] = {}  # (function, placement) -> its counter (labels() locks)
         self._wait = wait
         self._clock = clock
 
+    def _count(self, function: str, placement: str) -> None:
+        counter = self._counted.get((function, placement))
+        if counter is None:
+            counter = self._counted[(function, placement)] = self._metrics.placements.labels(function, placement)
+        counter.inc()
+
     async def run(self, version: FunctionVersion, invocation: Invocation) -> Outcome:
         """Run where the function's owner is. Raises invoking.Throttled, dispatching.NoInstance, NoOwner, OwnerLost."""
-        deadline = self._clock() + self._wait
-        while True:
-            peer = self._ownership.owner(version.function)
-            if peer == self._ownership.me:
-                self._metrics.placements.labels(version.spec.name, "here").inc()
+        if self._ownership.single:  # no replicas: no owner to look up (the warm path of one gateway)
+            return await self._invoker.run(version, invocation)
+        function = version.function
+        deadline: float | None = None  # of the wait for an owner, from when waiting starts
+        for _ in range(MAX_ATTEMPTS):
+            peer = self._ownership.owner(function)
+            if peer is self._ownership.me:
+                self._count(version.spec.name, "here")
                 try:
                     return await self._invoker.run(version, invocation)
                 except Moved:  # the function went to another replica while the invocation waited here
                     invocation = invocation.again()
                     continue
             if peer is not None:
-                self._metrics.placements.labels(version.spec.name, "forwarded").inc()
+                self._count(version.spec.name, "forwarded")
                 try:
                     return await self._forwarder.run(peer, version, invocation)
                 except (Unreachable, NotOwner) as exc:
-                    log.info("%s: owner %s: %s; waiting for the owners to change", version.function, peer.identity, exc)
-            left = deadline - self._clock()
-            if left <= 0:
-                raise NoOwner(version.function)
-            await self._ownership.changed(left)
+                    log.info("%s: owner %s: %s", function, peer.identity, exc)
+                    if self._ownership.owner(function) != peer:
+                        continue  # the owners changed meanwhile: straight to the new one
+            now = self._clock()
+            deadline = now + self._wait if deadline is None else deadline
+            if now >= deadline:
+                break
+            await self._ownership.changed(deadline - now)
+        raise NoOwner(function)

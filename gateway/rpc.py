@@ -82,14 +82,16 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
         token = md.get("authorization", "").removeprefix("Bearer ")
         if not function or not credentials.verify(self._key, function, token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid credential for this function")
+        # Sent on before the version is looked up: NOT_FOUND is final for an agent, and a replica that does not
+        # own the function may not have seen its newest version yet.
+        bucket = self._ownership.bucket(function)
+        if not self._ownership.holds(bucket):
+            await self._send_on(context, function)
         version = self._registry.by_key(function, md.get("kambda-version", ""))
         instance_id = md.get("kambda-instance", "")
         if version is None or not instance_id:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no such function version: {function}")
         assert version is not None
-        bucket = self._ownership.bucket(function)
-        if not self._ownership.holds(bucket):
-            await self._send_on(context, function)
         instance = self._dispatcher.connect(version, instance_id, _serialised_writer(context))
         task = asyncio.current_task()
         assert task is not None

@@ -27,30 +27,37 @@ def test_buckets_are_stable_and_spread() -> None:
 
 
 def test_a_lone_replica_takes_every_free_bucket() -> None:
-    decided = plan("a", dict.fromkeys(range(8)), {"a"}, now=0.0)
+    decided = plan("a", dict.fromkeys(range(8)), {"a"}, now=0.0, mine=set())
     assert sorted(decided.take) == list(range(8)) and decided.give == ()
 
 
 def test_a_replica_takes_only_its_fair_share_and_nothing_held() -> None:
     buckets: dict[int, Observed | None] = {b: (lease("a") if b < 3 else None) for b in range(8)}
-    decided = plan("b", buckets, {"a", "b", "c"}, now=1.0)
+    decided = plan("b", buckets, {"a", "b", "c"}, now=1.0, mine=set())
     assert len(decided.take) == 3 and not set(decided.take) & {0, 1, 2}
 
 
 def test_an_expired_lease_is_free_and_a_fresh_one_is_not() -> None:
     buckets: dict[int, Observed | None] = {0: lease("dead", changed_at=0.0), 1: lease("a", changed_at=5.0)}
-    assert plan("b", buckets, {"a", "b"}, now=DURATION - 0.1).take == ()
-    assert plan("b", buckets, {"a", "b"}, now=DURATION).take == (0,)
+    assert plan("b", buckets, {"a", "b"}, now=DURATION - 0.1, mine=set()).take == ()
+    assert plan("b", buckets, {"a", "b"}, now=DURATION, mine=set()).take == (0,)
+
+
+def test_a_predecessors_leases_under_the_same_name_are_neither_kept_nor_taken_before_they_expire() -> None:
+    """A restarted process (same pod name) holds nothing yet: what its predecessor held waits for expiry."""
+    held: dict[int, Observed | None] = {b: lease("a", changed_at=0.0) for b in range(4)}
+    assert plan("a", held, {"a"}, now=1.0, mine=set()) == ownership.Plan()
+    assert sorted(plan("a", held, {"a"}, now=DURATION, mine=set()).take) == [0, 1, 2, 3]
 
 
 def test_extras_go_back_only_to_a_member_that_has_less() -> None:
     held: dict[int, Observed | None] = {b: lease("a") for b in range(8)}
     # b has joined: a holds 8 of a fair 4 and gives back 4
-    assert len(plan("a", held, {"a", "b"}, now=1.0).give) == 4
+    assert len(plan("a", held, {"a", "b"}, now=1.0, mine=set(range(8))).give) == 4
     # a member a does not know of yet changes nothing; nor do two members that each hold their share
-    assert plan("a", held, {"a"}, now=1.0).give == ()
+    assert plan("a", held, {"a"}, now=1.0, mine=set(range(8))).give == ()
     even: dict[int, Observed | None] = {b: lease("a" if b < 4 else "b") for b in range(8)}
-    assert plan("a", even, {"a", "b"}, now=1.0) == ownership.Plan()
+    assert plan("a", even, {"a", "b"}, now=1.0, mine=set(range(4))) == ownership.Plan()
 
 
 @settings(max_examples=200, deadline=None)
@@ -65,7 +72,8 @@ def test_replicas_that_follow_the_plan_settle_with_every_bucket_owned_once(membe
     def round_() -> bool:
         changed = False
         for name in rnd.sample(names, len(names)):
-            decided = plan(name, buckets, set(names), now=1.0)
+            held = {b for b, lease_ in buckets.items() if lease_ is not None and lease_.holder == name}
+            decided = plan(name, buckets, set(names), now=1.0, mine=held)
             for b in decided.give:
                 buckets[b] = None
                 changed = True
