@@ -168,7 +168,16 @@ class JetStreamQueue:
     async def enqueue(self, event: Event) -> None:
         now = time.time()
         status = Status(event.request_id, event.function, event.qualifier, QUEUED, event.enqueued_at, now)
-        await asyncio.gather(self._publish(event), self._put_status(status))
+        # The status first, the event after it: once the event is published another replica may deliver it and
+        # write `running` and `succeeded` at once, and a `queued` still on its way (written concurrently, as it
+        # once was) then overwrote them for good. Ordered, every later state is written after this one is stored.
+        await self._put_status(status)
+        try:
+            await self._publish(event)
+        except BaseException:
+            with contextlib.suppress(Exception):  # never queued: no status saying it is
+                await self._statuses.delete(event.request_id)  # type: ignore[union-attr]
+            raise
 
     async def claim(self, limit: int, now: float) -> list[Event]:
         assert self._sub is not None
@@ -204,9 +213,10 @@ class JetStreamQueue:
         await self._release(event)
 
     async def reschedule(self, event: Event, status: Status) -> None:
-        # Publish the updated event before acknowledging the old one: a crash in between duplicates, never loses.
-        await self._publish(event)
+        # The status, then the updated event, then the old one acknowledged: a crash in between duplicates, never
+        # loses; and a replica that delivers the new event writes its states after this one (as in `enqueue`).
         await self._put_status(status)
+        await self._publish(event)
         await self._release(event)
 
     async def dead_letter(self, event: Event, record: DeadLetter, status: Status) -> None:
