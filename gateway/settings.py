@@ -54,6 +54,6 @@ class GatewaySettings:
     # ("NAMESPACE/PREFIX"; "" = one replica, which owns everything), shared out in `replica_buckets` buckets.
     replica_leases: str = ""
     replica_buckets: int = 8
-    replica_lease_seconds: float = 6.0
+    replica_lease_seconds: float = 5.0
     advertise_host: str = ""  # where the other replicas and the agents reach this one (a pod's IP)
     identity: str = ""  # this replica's holder name in the Leases (a pod's name)

@@ -55,7 +55,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         keys_secret=args.keys_secret,
         replica_leases=getattr(args, "replica_leases", ""),
         replica_buckets=getattr(args, "replica_buckets", 8),
-        replica_lease_seconds=getattr(args, "replica_lease_seconds", 6.0),
+        replica_lease_seconds=getattr(args, "replica_lease_seconds", 5.0),
         advertise_host=getattr(args, "advertise_host", ""),
         identity=getattr(args, "identity", "") or os.environ.get("HOSTNAME", ""),
     )
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="several replicas: share functions through the Leases PREFIX-* in NAMESPACE")  # fmt: skip
     gateway.add_argument("--replica-buckets", type=int, default=8,
                          help="functions are shared among replicas in this many buckets (one Lease each)")  # fmt: skip
-    gateway.add_argument("--replica-lease-seconds", type=float, default=6.0,
+    gateway.add_argument("--replica-lease-seconds", type=float, default=5.0,
                          help="a dead replica's functions move to the others after this")  # fmt: skip
     gateway.add_argument("--advertise-host", default="",
                          help="the address other replicas and agents reach this one at (a pod: its IP)")  # fmt: skip

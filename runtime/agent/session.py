@@ -31,7 +31,7 @@ from ..rpc import runtime_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
-RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)  # then 2 s forever
+RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0)  # then 1 s forever: back within a second of a new owner
 # awslambdaric is back in /next within a millisecond of /response (tens of ms on a loaded machine); a runtime this
 # late is busy with something else, and the invocation is better served by another instance.
 DECLINE_AFTER = 0.5
