@@ -5,14 +5,16 @@ pods reach it through its ClusterIP: nothing leaves this machine, and no image r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -145,9 +147,10 @@ def lambda_client(url: str, key: tuple[str, str], *, attempts: int = 1, read_tim
                         aws_secret_access_key=key[1], config=config)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
-    release = Release(kube, images, namespace, gateway_args=[
+@contextlib.contextmanager
+def installed(kube: Kube, namespace: str, images: Images, *, replicas: int = 1) -> Iterator[Platform]:
+    """The chart installed (and uninstalled after), its gateway ready, with the test suites' gateway settings."""
+    release = Release(kube, images, namespace, replicas=replicas, gateway_args=[
         "--queue-timeout=60", "--retry-base-delay=0.5", "--throttle-base-delay=0.2",
     ])  # fmt: skip
     try:
@@ -158,3 +161,32 @@ def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
         yield Platform(kube, namespace, release, url, key, lambda_client(url, key))
     finally:
         release.uninstall()
+
+
+T = TypeVar("T")
+
+
+def peak_during(measure: Callable[[], int], work: Callable[[], T]) -> tuple[T, int]:
+    """`work()`'s result, and the largest `measure()` seen (every 0.2 s) while it ran: pods, replicas."""
+    peak = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], measure())
+            done.wait(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        watcher.join()
+    return result, peak[0]
+
+
+@pytest.fixture(scope="module")
+def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
+    with installed(kube, namespace, images) as platform:
+        yield platform

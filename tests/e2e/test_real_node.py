@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from tests.e2e.conftest import Platform, lambda_client
+from tests.e2e.conftest import Platform, lambda_client, peak_during
 from tests.kube import eventually
 from tests.workdir import function_manifest
 
@@ -103,13 +103,6 @@ def test_5_reserved_concurrency_caps_pods(platform: Platform) -> None:
     platform.apply(function_manifest("capped", code, concurrency={"reserved": 3}, scaling={"idleSeconds": 30}))
     assert eventually(lambda: platform.ready("capped", "1"), timeout=60)
     platform.wait_served("capped")
-    peak = {"pods": 0}
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            peak["pods"] = max(peak["pods"], len(platform.pods("capped")))
-            done.wait(0.2)
 
     def call(_: int) -> str:
         try:
@@ -117,17 +110,14 @@ def test_5_reserved_concurrency_caps_pods(platform: Platform) -> None:
         except platform.client.exceptions.TooManyRequestsException as exc:
             return str(exc.response["Reason"])
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    def burst() -> list[str]:
         with ThreadPoolExecutor(30) as pool:
-            results = list(pool.map(call, range(30)))
-    finally:
-        done.set()
-        watcher.join()
+            return list(pool.map(call, range(30)))
+
+    results, peak_pods = peak_during(lambda: len(platform.pods("capped")), burst)
     assert len(results) == 30 and "ok" in results
     assert set(results) <= {"ok", "ReservedFunctionConcurrentInvocationLimitExceeded"}
-    assert peak["pods"] <= 3 and platform.replicas("capped", "1") <= 3
+    assert peak_pods <= 3 and platform.replicas("capped", "1") <= 3
 
 
 def test_6_async_events_through_pods_and_the_dead_letter_queue(platform: Platform) -> None:

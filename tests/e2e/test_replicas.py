@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from kambda.gateway import ownership
-from tests.e2e.conftest import Platform, host_pids, lambda_client
-from tests.install import Images, Release
+from tests.e2e.conftest import Platform, host_pids, installed, lambda_client, peak_during
+from tests.install import Images
 from tests.kube import Kube, eventually
 from tests.workdir import function_manifest
 
@@ -29,19 +29,9 @@ HTTP_PORT = 8080  # the chart's default gateway.httpPort (the container's port)
 
 @pytest.fixture(scope="module")
 def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
-    release = Release(kube, images, namespace, replicas=REPLICAS, gateway_args=[
-        "--queue-timeout=60", "--retry-base-delay=0.5", "--throttle-base-delay=0.2",
-    ])  # fmt: skip
-    try:
-        release.install()
-        url = release.url()
-        assert release.ready(url), release.logs("gateway")
-        key = release.admin_key()
-        platform = Platform(kube, namespace, release, url, key, lambda_client(url, key))
+    with installed(kube, namespace, images, replicas=REPLICAS) as platform:
         assert eventually(lambda: settled(platform), timeout=90), leases(platform)
         yield platform
-    finally:
-        release.uninstall()
 
 
 def leases(platform: Platform) -> dict[str, str]:
@@ -177,13 +167,6 @@ def handler(event, context):
 def test_2_reserved_concurrency_holds_across_replicas(platform: Platform) -> None:
     deploy(platform, "capped3", CAPPED, concurrency={"reserved": 3}, scaling={"idleSeconds": 30})
     clients = list(replica_clients(platform).values())
-    peak = {"pods": 0}
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            peak["pods"] = max(peak["pods"], len(platform.pods("capped3")))
-            done.wait(0.2)
 
     def call(i: int) -> tuple[float, float] | str:
         try:
@@ -193,14 +176,11 @@ def test_2_reserved_concurrency_holds_across_replicas(platform: Platform) -> Non
         body = json.loads(response["Payload"].read())
         return float(body["start"]), float(body["end"])
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    def burst() -> list[tuple[float, float] | str]:
         with ThreadPoolExecutor(30) as pool:
-            results = list(pool.map(call, range(30)))
-    finally:
-        done.set()
-        watcher.join()
+            return list(pool.map(call, range(30)))
+
+    results, peak_pods = peak_during(lambda: len(platform.pods("capped3")), burst)
     runs = [r for r in results if isinstance(r, tuple)]
     refused = [r for r in results if isinstance(r, str)]
     assert runs and refused, results
@@ -212,7 +192,7 @@ def test_2_reserved_concurrency_holds_across_replicas(platform: Platform) -> Non
         running += step
         most = max(most, running)
     assert most <= 3, runs
-    assert peak["pods"] <= 3 and platform.replicas("capped3", "1") <= 3
+    assert peak_pods <= 3 and platform.replicas("capped3", "1") <= 3
 
 
 # Events go to a function of their own with few instances: every replica's deliverer takes up to 64 at once, and
@@ -244,28 +224,18 @@ def test_4_scaling_from_and_to_zero_has_one_writer(platform: Platform) -> None:
     deploy(platform, "bursty", CAPPED, scaling={"idleSeconds": 5})
     assert platform.replicas("bursty", "1") == 0
     clients = list(replica_clients(platform).values())
-    peak = {"replicas": 0}
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            peak["replicas"] = max(peak["replicas"], platform.replicas("bursty", "1"))
-            done.wait(0.2)
 
     def call(i: int) -> str:
         response = clients[i % len(clients)].invoke(FunctionName="bursty", Payload=b"{}")
         return "error" if "FunctionError" in response else "ok"
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    def burst() -> list[str]:
         with ThreadPoolExecutor(6) as pool:  # a demand of 6, sent to all three replicas
-            results = list(pool.map(call, range(6)))
-    finally:
-        done.set()
-        watcher.join()
+            return list(pool.map(call, range(6)))
+
+    results, peak_replicas = peak_during(lambda: platform.replicas("bursty", "1"), burst)
     assert results == ["ok"] * 6
-    assert 1 <= peak["replicas"] <= 6  # never beyond the demand, however many replicas saw it
+    assert 1 <= peak_replicas <= 6  # never beyond the demand, however many replicas saw it
     assert eventually(lambda: platform.replicas("bursty", "1") == 0 and not platform.pods("bursty"), timeout=90)
 
     # The API server's view: every write of the scale came from one replica, the owner.
