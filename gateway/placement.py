@@ -28,7 +28,7 @@ from .registry import FunctionVersion
 log = logging.getLogger(__name__)
 
 
-MAX_ATTEMPTS = 10  # owners asked in turn before giving up (each change of owners is one)
+MAX_ATTEMPTS = 10  # owners asked in turn before giving up (a Moved or NotOwner each time: owners in flux)
 
 
 class NoOwner(Exception):
@@ -86,8 +86,10 @@ class Placement:
             return await self._invoker.run(version, invocation)
         function = version.function
         deadline: float | None = None  # of the wait for an owner, from when waiting starts
-        for _ in range(MAX_ATTEMPTS):
+        tries = 0  # runs and forwards (a wait for the owners to change is bounded by the deadline instead)
+        while tries < MAX_ATTEMPTS:
             peer = self._ownership.owner(function)
+            tries += peer is not None
             if peer is self._ownership.me:
                 self._count(version.spec.name, "here")
                 try:
