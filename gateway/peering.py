@@ -30,7 +30,7 @@ from .connections import read_body
 from .dispatching import Invocation, Moved, NoInstance, Outcome
 from .invoking import Invoker, Throttled
 from .leases import Ownership, Peer
-from .placement import NotOwner, OwnerLost, Unreachable
+from .placement import NotOwner, NotYet, OwnerLost, Unreachable
 from .registry import FunctionVersion, Registry
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,10 @@ def _outcome(response: aiohttp.ClientResponse, data: bytes) -> Outcome:
         raise Throttled(response.headers.get("X-Kambda-Throttle", ""))
     if response.status == 503 and "X-Kambda-No-Instance" in response.headers:
         raise NoInstance()
-    if response.status in (404, 421):
-        raise NotOwner(f"{response.status}: {data[:200].decode(errors='replace')}")
+    if response.status == 404:
+        raise NotYet(data[:200].decode(errors="replace"))
+    if response.status == 421:
+        raise NotOwner(data[:200].decode(errors="replace"))
     raise OwnerLost(f"{response.status}: {data[:200].decode(errors='replace')}")
 
 

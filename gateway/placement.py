@@ -14,6 +14,7 @@ request (`OwnerLost`, a 502 the SDKs retry).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -45,6 +46,14 @@ class Unreachable(Exception):
 
 class NotOwner(Exception):
     """The replica asked is not (or no longer) the function's owner: nothing ran there."""
+
+
+class NotYet(NotOwner):
+    """The owner does not know this version yet (its watch is a moment behind this replica's): nothing ran; ask
+    again shortly, the owners have not changed."""
+
+
+NOT_YET_DELAY = 0.2
 
 
 class Forwarder(Protocol):
@@ -101,6 +110,9 @@ class Placement:
                 self._count(version.spec.name, "forwarded")
                 try:
                     return await self._forwarder.run(peer, version, invocation)
+                except NotYet:
+                    await asyncio.sleep(NOT_YET_DELAY)
+                    continue
                 except (Unreachable, NotOwner) as exc:
                     log.info("%s: owner %s: %s", function, peer.identity, exc)
                     if self._ownership.owner(function) != peer:

@@ -12,7 +12,7 @@ from kambda.gateway.dispatching import Dispatcher, Invocation, Outcome
 from kambda.gateway.invoking import Invoker
 from kambda.gateway.leases import Ownership, Peer
 from kambda.gateway.metrics import Metrics
-from kambda.gateway.placement import NoOwner, NotOwner, Placement
+from kambda.gateway.placement import NoOwner, NotOwner, NotYet, Placement
 from kambda.gateway.registry import FunctionVersion
 from tests.unit.test_dispatching import version
 
@@ -100,4 +100,24 @@ async def test_owners_that_keep_refusing_are_given_up_on() -> None:
     with pytest.raises(NoOwner):
         await placement.run(fv, invocation())
     # Refused, waited the whole window for the owners to change, asked once more after it, and gave up.
+    assert forwarder.sent == ["b", "b"]
+
+
+async def test_an_owner_that_does_not_know_the_version_yet_is_asked_again_shortly() -> None:
+    forwarder = Forwarder()
+    state, placement, fv = setup(forwarder, wait=20.0)
+    owners(state, B)
+    original = forwarder.run
+    calls = [0]
+
+    async def behind_once(peer: Peer, version: FunctionVersion, inv: Invocation) -> Outcome:
+        calls[0] += 1
+        if calls[0] == 1:
+            forwarder.sent.append(peer.identity)
+            raise NotYet("version 1 is not known here")
+        return await original(peer, version, inv)
+
+    forwarder.run = behind_once  # type: ignore[method-assign]
+    # Not a wait for the owners to change (they do not): asked again within a moment.
+    await asyncio.wait_for(placement.run(fv, invocation()), 2.0)
     assert forwarder.sent == ["b", "b"]
