@@ -158,6 +158,9 @@ class LeaseKeeper:
         self._mine: dict[int, float] = {}
         self._stopping = False
         self._written = max(1, round(duration))  # what the Leases say (whole seconds): the holder trusts the shorter
+        # A call slower than this cannot renew in time anyway (a bucket is trusted this long): give up on it, rather
+        # than hang a step on a connection that died; a busy API server gets every second of it.
+        self._patience = min(duration, self._written) * ownership.SAFETY
         self._lock = asyncio.Lock()  # a step and the release never interleave (both change _mine)
 
     # ---- names -------------------------------------------------------------------------------------------------
@@ -190,7 +193,7 @@ class LeaseKeeper:
 
     async def _list(self) -> dict[str, Any]:
         listed = await self._leases.list_namespaced_lease(
-            self._namespace, label_selector=f"{LEASE_LABEL}={self._prefix}", _request_timeout=self.interval
+            self._namespace, label_selector=f"{LEASE_LABEL}={self._prefix}", _request_timeout=self._patience
         )
         return {item.metadata.name: item for item in listed.items}
 
@@ -315,7 +318,8 @@ class LeaseKeeper:
         expect_holder: str | None = None,
         taking: bool = False,
     ) -> bool:
-        """Create or replace Lease `name` at the resourceVersion listed (409: someone else wrote first)."""
+        """Create or replace Lease `name` at the resourceVersion listed, or last written by this step (409: someone
+        else wrote first); `by_name` then holds what was written."""
         now = datetime.datetime.now(datetime.UTC)
         current = by_name.get(name)
         body: dict[str, Any] = {
@@ -338,8 +342,8 @@ class LeaseKeeper:
         try:
             if current is None:
                 body["spec"]["acquireTime"] = _micro_time(now)
-                await self._leases.create_namespaced_lease(
-                    self._namespace, cast(Any, body), _request_timeout=self.interval
+                by_name[name] = await self._leases.create_namespaced_lease(
+                    self._namespace, cast(Any, body), _request_timeout=self._patience
                 )
                 return True
             if expect_holder is not None and (current.spec.holder_identity or "") != expect_holder:
@@ -351,8 +355,10 @@ class LeaseKeeper:
                 body["spec"]["acquireTime"] = _micro_time(now)
                 body["spec"]["leaseTransitions"] = (current.spec.lease_transitions or 0) + 1
             body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            await self._leases.replace_namespaced_lease(
-                name, self._namespace, cast(Any, body), _request_timeout=self.interval
+            # What was written is what the next write of this step starts from: a bucket renewed and then given back
+            # in one step must not be refused (409) for the resourceVersion its own renewal moved on.
+            by_name[name] = await self._leases.replace_namespaced_lease(
+                name, self._namespace, cast(Any, body), _request_timeout=self._patience
             )
             return True
         except ApiException as exc:

@@ -16,7 +16,8 @@ from kambda.gateway.leases import LeaseKeeper, Ownership, Peer
 from tests.kube import Kube
 
 BUCKETS = 8
-DURATION = 2.0
+DURATION = 2.0  # where the test waits for leases to expire
+SETTLED = 8.0  # where it checks that all buckets are held after several sequential steps (a busy API server)
 
 
 @pytest.fixture
@@ -26,9 +27,11 @@ async def api(kube: Kube) -> AsyncIterator[client.ApiClient]:
         yield api
 
 
-def replica(api: client.ApiClient, namespace: str, prefix: str, name: str) -> tuple[Ownership, LeaseKeeper]:
+def replica(
+    api: client.ApiClient, namespace: str, prefix: str, name: str, duration: float = DURATION
+) -> tuple[Ownership, LeaseKeeper]:
     state = Ownership(Peer(name, f"10.0.0.{len(name)}:8080", f"10.0.0.{len(name)}:9090"), BUCKETS)
-    return state, LeaseKeeper(api, namespace, prefix, state, duration=DURATION)
+    return state, LeaseKeeper(api, namespace, prefix, state, duration=duration)
 
 
 def assert_one_owner_each(states: list[Ownership]) -> None:
@@ -46,7 +49,7 @@ async def settle(keepers: list[LeaseKeeper], rounds: int = 6) -> None:
 
 
 async def test_three_replicas_share_every_bucket_and_agree_on_the_owners(api: client.ApiClient, namespace: str) -> None:
-    replicas = [replica(api, namespace, "share", name) for name in ("a", "bb", "ccc")]
+    replicas = [replica(api, namespace, "share", name, SETTLED) for name in ("a", "bb", "ccc")]
     states, keepers = [s for s, _ in replicas], [k for _, k in replicas]
     await settle(keepers)
     assert_one_owner_each(states)
@@ -86,7 +89,7 @@ async def test_a_dead_replicas_buckets_move_after_the_lease_duration(api: client
 
 
 async def test_a_stopping_replica_hands_over_at_once(api: client.ApiClient, namespace: str) -> None:
-    replicas = [replica(api, namespace, "stop", name) for name in ("a", "bb")]
+    replicas = [replica(api, namespace, "stop", name, SETTLED) for name in ("a", "bb")]
     states, keepers = [s for s, _ in replicas], [k for _, k in replicas]
     await settle(keepers)
     lost: list[set[int]] = []
@@ -98,14 +101,14 @@ async def test_a_stopping_replica_hands_over_at_once(api: client.ApiClient, name
     assert lost == [given] and states[0].held() == set()
     await keepers[1].step()  # sees the member gone and the buckets free: takes them, no expiry to wait for
     assert states[1].held() == set(range(BUCKETS))
-    assert time.monotonic() - released < DURATION * ownership.SAFETY
+    assert time.monotonic() - released < SETTLED * ownership.SAFETY
     # The one that left keeps observing: it now knows where to forward.
     await keepers[0].step()
     assert states[0].owner(f"{namespace}/any") == states[1].me
 
 
 async def test_contenders_never_both_own_a_bucket(api: client.ApiClient, namespace: str) -> None:
-    replicas = [replica(api, namespace, "race", name) for name in ("a", "bb", "ccc", "dddd")]
+    replicas = [replica(api, namespace, "race", name, SETTLED) for name in ("a", "bb", "ccc", "dddd")]
     states, keepers = [s for s, _ in replicas], [k for _, k in replicas]
     for _ in range(8):  # all at once: every create and takeover races the others
         await asyncio.gather(*(keeper.step() for keeper in keepers))
@@ -118,11 +121,11 @@ async def test_contenders_never_both_own_a_bucket(api: client.ApiClient, namespa
 
 async def test_a_replica_with_another_bucket_count_takes_nothing(api: client.ApiClient, namespace: str) -> None:
     """With another count a function hashes to another bucket: two replicas could both own it. The newcomer waits."""
-    state, keeper = replica(api, namespace, "count", "a")
+    state, keeper = replica(api, namespace, "count", "a", SETTLED)
     await settle([keeper])
     assert state.held() == set(range(BUCKETS))
     other = Ownership(Peer("bb", "10.0.0.9:8080", "10.0.0.9:9090"), BUCKETS * 2)
-    other_keeper = LeaseKeeper(api, namespace, "count", other, duration=DURATION)
+    other_keeper = LeaseKeeper(api, namespace, "count", other, duration=SETTLED)
     for _ in range(3):  # buckets 8-15 of its count are free: only the disagreement stops it from taking them
         await other_keeper.step()
         await keeper.step()
