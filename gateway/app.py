@@ -25,7 +25,7 @@ from .delivering import Deliverer
 from .deployments import DeployAPI, Deployments
 from .dispatching import Dispatcher
 from .invoke_api import InvokeAPI
-from .invoke_configs import InvokeConfigs, SharedInvokeConfigs
+from .invoke_configs import InvokeConfigs
 from .invoking import Invoker
 from .leases import Ownership
 from .metrics import Metrics
@@ -126,8 +126,6 @@ def create_app(
     ownership.on_change(owners_changed)
     queue = open_queue(settings)
     configs = InvokeConfigs(settings.data_dir / "event-invoke-configs.json")
-    # With the NATS queue the gateway may run as several replicas: the configs are shared through JetStream.
-    shared_configs = SharedInvokeConfigs(settings.nats_url, configs) if settings.queue_backend == "nats" else None
     deliverer = Deliverer(
         queue=queue, registry=registry, placement=placement, metrics=metrics, configs=configs,
         settings=settings,
@@ -181,11 +179,7 @@ def create_app(
     async def run_mirror(app: web.Application) -> AsyncIterator[None]:
         if mirror is not None:
             await mirror.open()
-        if shared_configs is not None:
-            await shared_configs.open()
         yield
-        if shared_configs is not None:
-            await shared_configs.close()
         if mirror is not None:
             await mirror.close()
 

@@ -1,25 +1,21 @@
 """Per-function asynchronous invocation settings set through the API (Put/Update/Get/DeleteFunctionEventInvokeConfig).
 
-They override the manifest's `spec.async` and are kept in a JSON file in the data directory; with several gateway
-replicas they are also shared through JetStream (`SharedInvokeConfigs`), so every replica's deliverer sees them. The
+They override the manifest's `spec.async` for this gateway and are kept in a JSON file in the data directory. The
 validation is Lambda's: botocore checks only minimums client-side, so the server must refuse the rest.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from kambda import naming, specs
 
-log = logging.getLogger(__name__)
 FIELDS = ("MaximumRetryAttempts", "MaximumEventAgeInSeconds", "DestinationConfig")
 
 
@@ -72,21 +68,8 @@ class InvokeConfigs:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._configs: dict[str, dict[str, Any]] = {}
-        self._written: Callable[[str, dict[str, Any] | None], None] | None = None
         if path.exists():
             self._configs = json.loads(path.read_text())
-
-    def on_write(self, written: Callable[[str, dict[str, Any] | None], None]) -> None:
-        """Call `written(function, config or None)` after each change made through the API."""
-        self._written = written
-
-    def apply(self, function: str, config: dict[str, Any] | None) -> None:
-        """A change another replica made (None: deleted); not announced again."""
-        if config is None:
-            self._configs.pop(function, None)
-        else:
-            self._configs[function] = config
-        self._save()
 
     def get(self, function: str) -> dict[str, Any] | None:
         return self._configs.get(function)
@@ -96,8 +79,6 @@ class InvokeConfigs:
         stored = {**config, "LastModified": time.time()}
         self._configs[function] = stored
         self._save()
-        if self._written is not None:
-            self._written(function, stored)
         return stored
 
     def update(self, function: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -108,8 +89,6 @@ class InvokeConfigs:
     def delete(self, function: str) -> bool:
         found = self._configs.pop(function, None) is not None
         self._save()
-        if self._written is not None:
-            self._written(function, None)
         return found
 
     def effective(self, spec: specs.FunctionSpec) -> specs.AsyncConfig:
@@ -133,61 +112,3 @@ class InvokeConfigs:
         tmp = self._path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._configs, indent=2))
         os.replace(tmp, self._path)
-
-
-class SharedInvokeConfigs:
-    """The configurations of several replicas kept equal through a JetStream key-value bucket (`kambda-invoke-
-    configs`, a key per function): each change made here is put there, and every change there (this replica's own
-    included, in the bucket's order) is applied here, so replicas converge on the last write. Lambda's control plane
-    is eventually consistent the same way: a change reaches every replica within moments, not in the same call."""
-
-    BUCKET = "kambda-invoke-configs"
-
-    def __init__(self, url: str, configs: InvokeConfigs) -> None:
-        self._url = url
-        self._configs = configs
-        self._nc: Any = None
-        self._kv: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def open(self) -> None:
-        import nats
-        from nats.js.errors import BucketNotFoundError
-
-        self._nc = await nats.connect(self._url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-        js = self._nc.jetstream()
-        try:
-            self._kv = await js.key_value(self.BUCKET)
-        except BucketNotFoundError:
-            self._kv = await js.create_key_value(bucket=self.BUCKET)
-        watcher = await self._kv.watchall()
-        self._spawn(self._follow(watcher))
-        self._configs.on_write(lambda function, config: self._spawn(self._put(function, config)))
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._nc is not None:
-            await self._nc.close()
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _put(self, function: str, config: dict[str, Any] | None) -> None:
-        try:
-            if config is None:
-                await self._kv.delete(function)
-            else:
-                await self._kv.put(function, json.dumps(config).encode())
-        except Exception:  # this replica keeps it; the others do not learn of it: say so
-            log.exception("the event invoke config of %s was not shared with the other replicas", function)
-
-    async def _follow(self, watcher: Any) -> None:
-        async for entry in watcher:
-            if entry is None:  # the end of what the bucket held when watching began
-                continue
-            deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-            self._configs.apply(entry.key, None if deleted else json.loads(entry.value))
