@@ -100,7 +100,7 @@ def create_app(
     metrics.watch(dispatcher)
     scaler = Scaler(
         dispatcher, backend, metrics, gateway_cap=settings.max_concurrency, tick=settings.scaler_tick,
-        owned=ownership.is_mine,
+        owned=ownership.is_mine, versions=registry.all_versions,
     )  # fmt: skip
     scaler_box.append(scaler)
     app[SETTINGS] = settings

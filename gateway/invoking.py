@@ -50,3 +50,6 @@ class Invoker:
             if report.init_duration_ms > 0:
                 m.cold_starts.labels(*labels).inc()
                 m.init_duration.labels(*labels).observe(report.init_duration_ms / 1000)
+            elif report.restore_duration_ms > 0:
+                m.cold_starts.labels(*labels).inc()
+                m.restore_duration.labels(*labels).observe(report.restore_duration_ms / 1000)

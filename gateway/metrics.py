@@ -50,9 +50,16 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.restore_duration = Histogram(
+            "kambda_restore_duration_seconds",
+            "Restore duration of cold starts from a SnapStart template (instead of an init).",
+            ["function", "version"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.cold_starts = Counter(
             "kambda_cold_starts",
-            "Invocations served by a freshly initialised runtime.",
+            "Invocations served by a freshly initialised (or restored) runtime.",
             ["function", "version"],
             registry=r,
         )

@@ -57,7 +57,10 @@ class Scaler:
         tick: float = 1.0,
         owned: Callable[[str], bool] = lambda function: True,
         clock: Callable[[], float] = time.monotonic,
+        versions: Callable[[], list[FunctionVersion]] = list,
     ) -> None:
+        self._versions = versions  # every version served (the registry's), for what `prepare` makes ahead
+        self._prepared: dict[tuple[str, str], FunctionVersion] = {}
         self._owned = owned
         self._dispatcher = dispatcher
         self._backend = backend
@@ -85,7 +88,22 @@ class Scaler:
                 log.exception("scaling step failed")
                 await asyncio.sleep(self._tick)
 
+    async def prepare_versions(self) -> None:
+        """SnapStart versions get their template when published, not at their first request; a version gone (or
+        one this replica no longer owns) gives its template up."""
+        current = {v.key: v for v in self._versions() if v.spec.snap_start and self._owned(v.function)}
+        for key, version in current.items():
+            previous = self._prepared.get(key)
+            if previous is not version:
+                if previous is not None:
+                    await self._backend.discard(previous)
+                await self._backend.prepare(version)
+                self._prepared[key] = version
+        for key in [k for k in self._prepared if k not in current]:
+            await self._backend.discard(self._prepared.pop(key))
+
     async def reconcile(self, now: float) -> None:
+        await self.prepare_versions()
         for snapshot in self._dispatcher.snapshots():
             version = snapshot.version
             key = version.key

@@ -42,8 +42,9 @@ EPHEMERAL_STORAGE_MB = (512, 10240)  # Lambda's EphemeralStorage.Size: /tmp, 512
 # function's and change without a new version.
 VERSIONED_FIELDS = (
     "runtime", "handler", "code", "memoryMB", "timeoutSeconds", "environment", "secretEnvironment",
-    "serviceAccountName", "network", "layers", "imageConfig", "logging", "ephemeralStorage",
+    "serviceAccountName", "network", "layers", "imageConfig", "logging", "ephemeralStorage", "snapStart",
 )  # fmt: skip
+SNAP_START_APPLY_ON = ("PublishedVersions", "None")  # Lambda's SnapStart.ApplyOn
 MAX_LAYERS = 5  # Lambda's limit per function
 MAX_TAGS = 50
 TAG_KEY_RE = re.compile(r"[\w\s.:/=+@-]{1,128}\Z")
@@ -172,6 +173,9 @@ class FunctionSpec:
     image_config: ImageConfig = ImageConfig()  # a container-image function's overrides of its image
     logging: LoggingConfig = LoggingConfig()
     ephemeral_storage_mb: int = EPHEMERAL_STORAGE_MB[0]  # the size of the function's /tmp
+    # spec.snapStart.applyOn == PublishedVersions: sandboxes are restored from an initialised template. Every kambda
+    # version is published (even the one $LATEST runs), so it applies to all of them.
+    snap_start: bool = False
     role: str | None = None  # Lambda's execution role ARN: kept and reported; a pod's identity is its service account
     tags: Mapping[str, str] = field(default_factory=dict)
 
@@ -307,6 +311,11 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     storage = r.integer(
         r.mapping(spec, "ephemeralStorage", "spec"), "size", "spec.ephemeralStorage", EPHEMERAL_STORAGE_MB
     )
+    apply_on = r.string(r.mapping(spec, "snapStart", "spec"), "applyOn", "spec.snapStart") or "None"
+    if apply_on not in SNAP_START_APPLY_ON:
+        r.fail("spec.snapStart.applyOn", f"must be one of {', '.join(SNAP_START_APPLY_ON)}")
+    elif apply_on == "PublishedVersions" and not runtime.startswith("python"):
+        r.fail("spec.snapStart", f"SnapStart is offered for python* runtimes, not {runtime}")
 
     if r.errors:
         raise SpecError(r.errors)
@@ -340,6 +349,7 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         image_config=image_config,
         logging=logging,
         ephemeral_storage_mb=storage or EPHEMERAL_STORAGE_MB[0],
+        snap_start=apply_on == "PublishedVersions",
         role=role,
         tags=tags,
     )

@@ -165,6 +165,7 @@ def sandbox_config(fn: FunctionSpec, version: str, settings: Settings) -> dict[s
         "layers": list(fn.layers),
         "opt_dir": LAYERS_ROOT if fn.layers else None,
         "tmp_mb": fn.ephemeral_storage_mb,
+        "snap_start": fn.snap_start,
         "log_format": fn.logging.log_format,
         "application_log_level": fn.logging.application_log_level,
         "system_log_level": fn.logging.system_log_level,

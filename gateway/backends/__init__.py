@@ -32,6 +32,15 @@ class Backend(Protocol):
         """Start `count` instances; returns their ids. They connect to the gateway when their runtime is up."""
         ...
 
+    async def prepare(self, version: FunctionVersion) -> None:
+        """Make ready what a published version's instances start from, before any request (the local backend: a
+        SnapStart template). On Kubernetes a pod makes its own."""
+        ...
+
+    async def discard(self, version: FunctionVersion) -> None:
+        """The version is gone (or changed): what `prepare` made for it is not needed any more."""
+        ...
+
     async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
         """Retired by the scaler: idle ones were already sent Stop on their stream; others never connected."""
         ...

@@ -77,6 +77,12 @@ class KubernetesBackend:
         await self._scale_by(version, count)
         return [f"{PLACEHOLDER}{uuid.uuid4().hex[:12]}" for _ in range(count)]
 
+    async def prepare(self, version: FunctionVersion) -> None:
+        """Nothing here: a SnapStart pod makes its version's template itself when it starts (runtime/agent)."""
+
+    async def discard(self, version: FunctionVersion) -> None:
+        """Nothing here: a version's template ends with its pods."""
+
     async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
         _, namespace = self._target(version)
         for pod in (i for i in instance_ids if not i.startswith(PLACEHOLDER)):

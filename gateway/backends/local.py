@@ -107,34 +107,53 @@ class LocalBackend:
     async def adopt(self, version: FunctionVersion) -> list[str]:
         return []  # the local agent process never outlives the gateway
 
+    def _sandbox(self, version: FunctionVersion, instance_id: str) -> dict[str, object]:
+        spec = version.spec
+        return {
+            "instance_id": instance_id,
+            "function": version.function,
+            "version": version.version,
+            "runtime": spec.runtime,
+            "handler": spec.handler,
+            "code_dir": version.code_dir,
+            "opt_dir": version.opt_dir,
+            "memory_mb": spec.memory_mb,
+            "timeout_seconds": spec.timeout_seconds,
+            "environment": dict(spec.environment),
+            "region": self._settings.region,
+            **self._python_fields(spec.runtime),
+            "use_cgroups": self._settings.use_cgroups,
+            "tmp_mb": spec.ephemeral_storage_mb,  # the size of its private /tmp
+            "log_format": spec.logging.log_format,
+            "application_log_level": spec.logging.application_log_level,
+            "system_log_level": spec.logging.system_log_level,
+            "snap_start": spec.snap_start,
+        }
+
+    async def prepare(self, version: FunctionVersion) -> None:
+        """A SnapStart version was published: its template inits now, so no request waits for that."""
+        await self._template_op("prepare", version)
+
+    async def discard(self, version: FunctionVersion) -> None:
+        await self._template_op("discard", version)
+
+    async def _template_op(self, op: str, version: FunctionVersion) -> None:
+        if not version.spec.snap_start:
+            return
+        proc = await self._ensure_agent()
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"op": op, "sandbox": self._sandbox(version, "template")}).encode() + b"\n")
+        await proc.stdin.drain()
+
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
         proc = await self._ensure_agent()
         assert proc.stdin is not None
-        spec = version.spec
         credential = credentials.credential_for(self._settings.signing_key, version.function)
         ids: list[str] = []
         lines: list[bytes] = []
         for _ in range(count):
             instance_id = uuid.uuid4().hex[:16]
-            sandbox = {
-                "instance_id": instance_id,
-                "function": version.function,
-                "version": version.version,
-                "runtime": spec.runtime,
-                "handler": spec.handler,
-                "code_dir": version.code_dir,
-                "opt_dir": version.opt_dir,
-                "memory_mb": spec.memory_mb,
-                "timeout_seconds": spec.timeout_seconds,
-                "environment": dict(spec.environment),
-                "region": self._settings.region,
-                **self._python_fields(spec.runtime),
-                "use_cgroups": self._settings.use_cgroups,
-                "tmp_mb": spec.ephemeral_storage_mb,  # the size of its private /tmp
-                "log_format": spec.logging.log_format,
-                "application_log_level": spec.logging.application_log_level,
-                "system_log_level": spec.logging.system_log_level,
-            }
+            sandbox = self._sandbox(version, instance_id)
             lines.append(json.dumps({"op": "start", "sandbox": sandbox, "credential": credential}).encode() + b"\n")
             self._owners[instance_id] = version.key
             ids.append(instance_id)

@@ -179,9 +179,6 @@ def check_unsupported(body: Mapping[str, Any]) -> None:
     tracing = mapping(body, "TracingConfig")
     if tracing is not None and tracing.get("Mode", "PassThrough") != "PassThrough":
         raise invalid("TracingConfig.Mode: kambda passes trace headers through (PassThrough) and traces nothing")
-    snap = mapping(body, "SnapStart")
-    if snap is not None and snap.get("ApplyOn", "None") != "None":
-        raise invalid("SnapStart.ApplyOn: not supported yet")
 
 
 def _present(value: object) -> bool:
@@ -260,6 +257,9 @@ def configuration_changes(body: Mapping[str, Any], current: Mapping[str, Any] | 
     storage = mapping(body, "EphemeralStorage")
     if storage is not None:
         spec["ephemeralStorage"] = {"size": integer(storage, "Size", required=True)}
+    snap = mapping(body, "SnapStart")
+    if snap is not None:
+        spec["snapStart"] = {"applyOn": string(snap, "ApplyOn", required=True)}
     logging = mapping(body, "LoggingConfig")
     if logging is not None:
         spec["logging"] = _logging(logging, spec.get("logging"))
@@ -309,7 +309,7 @@ _FIELD_WORDS = {
     "spec.handler": "Handler", "spec.environment": "Environment.Variables", "spec.layers": "Layers",
     "spec.ephemeralStorage.size": "EphemeralStorage.Size", "spec.logging": "LoggingConfig",
     "spec.concurrency.reserved": "ReservedConcurrentExecutions", "spec.description": "Description",
-    "spec.tags": "Tags",
+    "spec.tags": "Tags", "spec.snapStart.applyOn": "SnapStart.ApplyOn", "spec.snapStart": "SnapStart",
 }  # fmt: skip
 
 
@@ -382,6 +382,7 @@ def configuration(
     is_image = "image" in (spec.get("code") or {})
     logging = spec.get("logging") or {}
     log_format = logging.get("format", "Text")
+    snap_start = (spec.get("snapStart") or {}).get("applyOn", "None")
     config: dict[str, Any] = {
         "FunctionName": name,
         "FunctionArn": place.function_arn(name, None if version == naming.LATEST else version),
@@ -401,7 +402,8 @@ def configuration(
         "PackageType": "Image" if is_image else "Zip",
         "Architectures": [place.architecture],
         "EphemeralStorage": {"Size": (spec.get("ephemeralStorage") or {}).get("size", specs.EPHEMERAL_STORAGE_MB[0])},
-        "SnapStart": {"ApplyOn": "None", "OptimizationStatus": "Off"},
+        # Every kambda version is published, the one $LATEST runs too (Lambda restores only published versions).
+        "SnapStart": {"ApplyOn": snap_start, "OptimizationStatus": "On" if snap_start != "None" else "Off"},
         "LoggingConfig": {"LogFormat": log_format, "LogGroup": f"/aws/lambda/{name}"},
     }
     if log_format == "JSON":

@@ -61,6 +61,13 @@ class SandboxCgroups:
             peak = max(peak, _vm_hwm_bytes(pid))
         return max(1, round(peak / MIB))
 
+    def adopt(self, pid: int) -> None:
+        """Move a running process into this sandbox's cgroups (a runtime forked from a SnapStart template: it did
+        not start inside them). Only what it allocates from now on is charged here; its template keeps the rest."""
+        for group in (self.cgroup, *self.others):
+            if group is not None:
+                (group / "cgroup.procs").write_text(str(pid))
+
     def reset_peak(self) -> None:
         """Forget the previous runtime's peak when a sandbox re-initialises (cgroup v1; v2 has no reset)."""
         if self.cgroup is not None and not self.cgroup_v2:

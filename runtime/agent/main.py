@@ -27,8 +27,8 @@ from grpc import aio
 
 from kambda.naming import CODE_REFUSED
 
-from . import code, isolation, limits
-from .sandbox import Sandbox, SandboxConfig
+from . import code, isolation, limits, snapstart
+from .sandbox import Sandbox, SandboxConfig, make_template, template_key
 from .session import Identity, Session
 
 log = logging.getLogger("kambda.agent")
@@ -74,8 +74,13 @@ def config_from_json(data: Mapping[str, Any], *, isolation_mode: str = "none") -
     return SandboxConfig(**fields)
 
 
+def templates_for(sink: Any) -> snapstart.Templates:
+    """This agent's SnapStart templates; their init output goes to `sink`."""
+    return snapstart.Templates(lambda config: make_template(config, sink), template_key)
+
+
 async def _start_sandbox(
-    channel: aio.Channel, config: SandboxConfig, credential: str, sink: Any
+    channel: aio.Channel, config: SandboxConfig, credential: str, sink: Any, templates: snapstart.Templates
 ) -> tuple[Sandbox, Session, asyncio.Task[None]]:
     identity = Identity(config.function, config.version, config.instance_id, credential)
     holder: list[Sandbox] = []
@@ -86,7 +91,7 @@ async def _start_sandbox(
             asyncio.get_running_loop().create_task(holder[0].stop())
 
     session = Session(channel, identity, on_stop=on_stop, dial=dial)
-    sandbox = Sandbox(config, session, sink)
+    sandbox = Sandbox(config, session, sink, templates)
     holder.append(sandbox)
     try:
         await sandbox.start()
@@ -121,9 +126,10 @@ async def run_single(gateway: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, terminate.set)
+    templates = templates_for(sink)
     async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
         try:
-            sandbox, session, session_task = await _start_sandbox(channel, config, credential, sink)
+            sandbox, session, session_task = await _start_sandbox(channel, config, credential, sink, templates)
         except code.CodeError as exc:
             # Nothing of the function ran. Exiting makes the pod crash-loop visibly, with the reason on it.
             log.error("refusing the code: %s", exc)
@@ -145,6 +151,7 @@ async def run_single(gateway: str) -> int:
             # Retired by the gateway: it deletes this pod; exiting would only make the kubelet restart it.
             await terminate.wait()
         await sandbox.stop()
+        await templates.close()
         session_task.cancel()
         await asyncio.gather(session_task, stopped, terminated, return_exceptions=True)
     return 0
@@ -197,6 +204,8 @@ async def run_supervisor(gateway: str, isolation_mode: str = "auto") -> int:
         report({"event": "stopped", "instance_id": instance_id})
 
     watchers: set[asyncio.Task[None]] = set()
+    templates = templates_for(prefixed_sink(b"[snapstart] "))
+    preparing: set[asyncio.Task[Any]] = set()
     stop_on_term = asyncio.create_task(terminated.wait())
 
     async def next_command() -> bytes:
@@ -215,11 +224,17 @@ async def run_supervisor(gateway: str, isolation_mode: str = "auto") -> int:
                 if command["op"] == "start":
                     config = config_from_json(command["sandbox"], isolation_mode=isolation_mode)
                     sink = prefixed_sink(f"[{config.name}:{config.version}] ".encode())
-                    sandbox, _, task = await _start_sandbox(channel, config, command["credential"], sink)
+                    sandbox, _, task = await _start_sandbox(channel, config, command["credential"], sink, templates)
                     sandboxes[config.instance_id] = sandbox
                     watcher = asyncio.create_task(watch(config.instance_id, sandbox, task))
                     watchers.add(watcher)
                     watcher.add_done_callback(watchers.discard)
+                elif command["op"] in ("prepare", "discard"):
+                    # A SnapStart version was published (its template inits now, before any request) or is gone.
+                    config = config_from_json(command["sandbox"], isolation_mode=isolation_mode)
+                    job = templates.get(config) if command["op"] == "prepare" else templates.discard(config)
+                    preparing.add(prepared := asyncio.ensure_future(job))
+                    prepared.add_done_callback(preparing.discard)
                 elif command["op"] == "stop" and command["instance_id"] in sandboxes:
                     await sandboxes[command["instance_id"]].stop()
             except Exception as exc:  # a bad command must not take the other sandboxes down
@@ -229,7 +244,8 @@ async def run_supervisor(gateway: str, isolation_mode: str = "auto") -> int:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         report({"event": "stopped", "instance_id": json.loads(line)["sandbox"]["instance_id"]})
         await asyncio.gather(*(s.stop() for s in list(sandboxes.values())), return_exceptions=True)
-        await asyncio.gather(*watchers, return_exceptions=True)
+        await asyncio.gather(*watchers, *preparing, return_exceptions=True)
+        await templates.close()
     stop_on_term.cancel()
     limits.release_agent()
     watchdog.close()

@@ -37,6 +37,9 @@ from .session import SessionClosed
 log = logging.getLogger(__name__)
 PREFIX = "/2018-06-01"
 NEXT_PATH = f"{PREFIX}/runtime/invocation/next"
+INIT_ERROR_PATH = f"{PREFIX}/runtime/init/error"
+RESTORE_NEXT_PATH = f"{PREFIX}/runtime/restore/next"  # SnapStart (RIE's rapi: /runtime/restore/{next,error})
+RESTORE_ERROR_PATH = f"{PREFIX}/runtime/restore/error"
 MAX_PAYLOAD = 6 * 1024 * 1024 + 100  # the Runtime API's limit (RIE interop/model.go)
 MAX_HEADER = 1_100_000  # the request line and headers together; awslambdaric sends up to 1 MiB of X-Ray cause
 # An oversized body is read and discarded up to this, so the runtime (still writing) sees the 413 instead of a reset;
@@ -81,6 +84,12 @@ class RuntimeHost(Protocol):
     async def post_error(self, request_id: str, body: bytes, error_type_header: str | None) -> None: ...
 
     async def post_init_error(self, body: bytes, error_type_header: str | None) -> None: ...
+
+    async def restore_next(self) -> None:
+        """SnapStart: the runtime is initialised and ready to be restored; returns once it is."""
+        ...
+
+    async def post_restore_error(self, body: bytes, error_type_header: str | None) -> None: ...
 
     async def payload_too_large(self, request_id: str, size: int, *, error: bool) -> None:
         """The runtime posted a response (or, with `error`, an error) larger than the Runtime API accepts."""
@@ -140,10 +149,16 @@ async def handle(host: RuntimeHost, request: Request) -> Response:
         if path == f"{PREFIX}/ping":
             return Response(200, b"pong")
         error_type = request.headers.get("lambda-runtime-function-error-type")
-        if path == f"{PREFIX}/runtime/init/error" and request.method == "POST":
+        if path == RESTORE_NEXT_PATH:
+            if request.method != "GET":
+                return _error(405, "MethodNotAllowed", "use GET")
+            await host.restore_next()
+            return Response(200, b"")
+        if path in (INIT_ERROR_PATH, RESTORE_ERROR_PATH) and request.method == "POST":
             if request.too_large is not None:
                 return _error(413, "RequestEntityTooLarge", _too_large_message(), close=True)
-            await host.post_init_error(request.body, error_type)
+            post = host.post_init_error if path == INIT_ERROR_PATH else host.post_restore_error
+            await post(request.body, error_type)
             return Response(202, _ACCEPTED)
         match = _INVOCATION_PATH.fullmatch(path)
         if match is None:

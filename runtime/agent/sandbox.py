@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import glob
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from kambda import logconfig
 
 from ..rpc import runtime_pb2 as pb
-from . import code, external, freezer, isolation, limits, logs, peers, reports, runtime_api
+from . import code, external, freezer, isolation, limits, logs, peers, reports, runtime_api, snapstart
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,9 @@ class SandboxConfig:
     log_format: str = "Text"
     application_log_level: str | None = None
     system_log_level: str | None = None
+    # Lambda's SnapStart (spec.snapStart): a python* sandbox is forked from its version's initialised template
+    # (snapstart.py), and runs with AWS_LAMBDA_INITIALIZATION_TYPE=snap-start either way.
+    snap_start: bool = False
 
     @property
     def name(self) -> str:
@@ -177,6 +183,10 @@ class SandboxConfig:
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         }
+        if self.snap_start:
+            env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "snap-start"
+            # As on Lambda: one snapshot serves every environment, so none has a log stream of its own to name.
+            del env["AWS_LAMBDA_LOG_GROUP_NAME"], env["AWS_LAMBDA_LOG_STREAM_NAME"]
         if self.runtime.startswith((PYTHON_PREFIX, NODE_PREFIX)):
             env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_{self.runtime}"
         if self.runtime.startswith(NODE_PREFIX) and "NODE_PATH" not in self.environment:
@@ -187,21 +197,74 @@ class SandboxConfig:
         return env
 
 
+def uses_template(config: SandboxConfig) -> bool:
+    """SnapStart's templates serve Python runtimes the agent starts itself (Lambda's SnapStart has no custom or
+    container-image runtimes)."""
+    return config.snap_start and config.runtime.startswith(PYTHON_PREFIX) and not config.external_runtime
+
+
+def template_key(config: SandboxConfig) -> str:
+    """What makes two sandboxes forkable from one template: everything of their configuration but the instance."""
+    fields = dataclasses.asdict(config)
+    del fields["instance_id"]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def make_template(config: SandboxConfig, sink: logs.Sink) -> snapstart.Template:
+    """The version's template: its runtime's interpreter under the sandbox's own isolation, running zygote.py."""
+    iso = isolation.detect(config.isolation)
+    key = template_key(config)
+    uid = isolation.lease_uid() if iso.own_uid else None
+    cgroups = limits.create(f"template-{key[:16]}", config.memory_mb, use_cgroups=config.use_cgroups)
+    task_root = isolation.TASK_ROOT if iso.enabled else config.code_dir
+    opt_root = None if config.opt_dir is None else isolation.OPT_ROOT if iso.enabled else config.opt_dir
+    site_root = RUNTIME_DIR if iso.enabled else config.python_site
+
+    async def launch(extra_env: Mapping[str, str], keep_fd: int, write_fd: int) -> asyncio.subprocess.Process:
+        argv = isolation.sandbox_argv(
+            [config.python, "-S", "-c", snapstart.ZYGOTE_SOURCE, config.handler], iso, code_dir=config.code_dir,
+            opt_dir=config.opt_dir, uid=uid.uid if uid is not None else None,
+            read_only=isolation.python_roots(config.python),
+            binds=site_binds(config.python_site) if iso.enabled else (), tmp_bytes=config.tmp_mb * limits.MIB,
+        )  # fmt: skip
+        env = {
+            **config.runtime_env(0, task_root, opt_root, site_root),
+            **extra_env,
+            snapstart.SITE_ENV: site_root,
+        }
+        return await asyncio.create_subprocess_exec(
+            *cgroups.wrap(argv), cwd=config.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=write_fd,
+            stderr=write_fd, start_new_session=True, pass_fds=(keep_fd,),
+        )  # fmt: skip
+
+    # Lambda gives a SnapStart version's init up to 15 minutes; an agent waits the function's timeout at least.
+    return snapstart.Template(
+        key, launch, cgroups=cgroups, uid=uid, sink=sink, init_timeout=max(30.0, config.timeout_seconds)
+    )
+
+
 @dataclass
 class _InFlight:
     invocation: pb.Invocation
     started: float  # monotonic
     init_duration_ms: float
+    restore_duration_ms: float = 0.0
     timer: asyncio.TimerHandle | None = None
 
 
 class Sandbox(runtime_api.RuntimeHost):
-    def __init__(self, config: SandboxConfig, session: Session, sink: logs.Sink) -> None:
+    def __init__(
+        self, config: SandboxConfig, session: Session, sink: logs.Sink, templates: snapstart.Templates | None = None
+    ) -> None:
         self.config = config
+        self._templates = templates if uses_template(config) else None
+        self._restored = False  # this life of the runtime was forked from the version's SnapStart template
+        self._life_uid: int | None = None  # the uid this life runs as (its template's, when restored)
         self._session = session
         self._sink = sink
         self._isolation = isolation.detect(config.isolation)
         self._uid = isolation.lease_uid() if self._isolation.own_uid else None
+        self._life_uid = self._uid.uid if self._uid is not None else None
         self._task_root = isolation.TASK_ROOT if self._isolation.enabled else config.code_dir
         self._opt_root = (
             None if config.opt_dir is None else isolation.OPT_ROOT if self._isolation.enabled else config.opt_dir
@@ -211,7 +274,7 @@ class Sandbox(runtime_api.RuntimeHost):
         self._freezer: freezer.Freezer = freezer.NoFreezer()  # nothing to freeze yet
         self._api = runtime_api.RuntimeAPIServer(self, admit=self._admit)
         self._port = 0
-        self._proc: asyncio.subprocess.Process | external.ExternalRuntime | None = None
+        self._proc: asyncio.subprocess.Process | external.ExternalRuntime | snapstart.ForkedRuntime | None = None
         self._quiet_fd: int | None = None  # external runtime: the never-written end of the log pipe
         self._capture: logs.LogCapture | None = None
         self._spawned_at = 0.0
@@ -271,10 +334,10 @@ class Sandbox(runtime_api.RuntimeHost):
 
     def _admit(self, transport: asyncio.BaseTransport) -> bool:
         """Serve the Runtime API only to the sandbox's own processes (when it has a uid of its own)."""
-        if self._uid is None:
+        if self._life_uid is None:
             return True
         sock = transport.get_extra_info("socket")
-        return sock is not None and peers.peer_uid(sock) == self._uid.uid
+        return sock is not None and peers.peer_uid(sock) == self._life_uid
 
     def _site_binds(self) -> tuple[tuple[str, str], ...]:
         if not (self._isolation.enabled and self.config.runtime.startswith(PYTHON_PREFIX)):
@@ -333,27 +396,67 @@ class Sandbox(runtime_api.RuntimeHost):
             )
         finally:
             os.close(write_fd)
+        self._new_life(proc.pid, read_fd, time.monotonic(), restored=False)
+        return proc
+
+    async def _restore(self) -> snapstart.ForkedRuntime | None:
+        """This life's runtime forked from the version's SnapStart template; None when there is no usable one (its
+        init failed, say), and the runtime is started the ordinary way."""
+        if self._templates is None:
+            return None
+        try:
+            template = await self._templates.get(self.config)
+        except Exception:  # e.g. no uid left to lease for it: this sandbox still runs, initialised on demand
+            log.exception("no SnapStart template for %s", self.config.instance_id)
+            return None
+        if not template.alive:
+            return None
+        read_fd, write_fd = os.pipe()
+        self._cgroups.reset_peak()
+        started = time.monotonic()
+        try:
+            proc = await template.fork(f"127.0.0.1:{self._port}", write_fd, self._cgroups)
+        except snapstart.TemplateUnavailable as exc:
+            log.warning("sandbox %s not restored (%s): initialising on demand", self.config.instance_id, exc)
+            os.close(read_fd)
+            return None
+        finally:
+            os.close(write_fd)
+        self._new_life(proc.pid, read_fd, started, restored=True, uid=template.uid)
+        return proc
+
+    def _new_life(self, pid: int, read_fd: int, started: float, *, restored: bool, uid: int | None = None) -> None:
+        """Bookkeeping of a runtime process just started (or restored) as `pid`, writing to `read_fd`'s pipe."""
         if self._cgroups.freezer is not None:
             self._freezer = freezer.CgroupFreezer(self._cgroups.freezer, v2=self._cgroups.cgroup_v2)
         else:
-            self._freezer = freezer.SignalFreezer(lambda: (proc.pid,), groups=True)  # its own session's group
+            self._freezer = freezer.SignalFreezer(lambda: (pid,), groups=True)  # its own session's group
         if self._capture is not None:
             self._capture.close()
         level_filter = logs.application_filter(self.config.log_format, self.config.application_log_level)
         self._capture = logs.LogCapture(read_fd, self._sink, loop=asyncio.get_running_loop(), level_filter=level_filter)
-        self._spawned_at = time.monotonic()
+        self._spawned_at = started
         self._init_duration_ms = None
         self._served = False
         self._init_error = None
-        return proc
+        self._restored = restored
+        self._life_uid = uid if restored else self._uid.uid if self._uid is not None else None
 
     async def _supervise(self) -> None:
         """Start the runtime, and after every exit decide what the exit means and start it again."""
         while not self._stopping:
-            self._proc = proc = await (self._attach() if self.config.external_runtime else self._spawn())
-            returncode: int | None = isolation.exit_status(await proc.wait(), self._isolation)
+            proc: asyncio.subprocess.Process | external.ExternalRuntime | snapstart.ForkedRuntime
+            if self.config.external_runtime:
+                proc = await self._attach()
+            else:
+                proc = await self._restore() or await self._spawn()
+            self._proc = proc
+            status = await proc.wait()
+            returncode: int | None = status
             if isinstance(proc, external.ExternalRuntime):
                 returncode = None  # its status is the kubelet's to see
+            elif isinstance(proc, asyncio.subprocess.Process):
+                returncode = isolation.exit_status(proc.returncode or 0, self._isolation)
             if self._stopping:
                 return
             if self._capture is not None:
@@ -421,7 +524,8 @@ class Sandbox(runtime_api.RuntimeHost):
     def _begin(self, invocation: pb.Invocation) -> int:
         """Hand an invocation to the runtime: note START, thaw the sandbox, arm the deadline (its clock starts only
         now: time frozen is nobody's). Returns the deadline (epoch ms)."""
-        init_duration_ms = 0.0 if self._served else (self._init_duration_ms or 0.0)
+        cold_ms = 0.0 if self._served else (self._init_duration_ms or 0.0)
+        init_ms, restore_ms = (0.0, cold_ms) if self._restored else (cold_ms, 0.0)
         self._served = True
         if self._capture is not None:
             line = reports.start_line(
@@ -430,7 +534,7 @@ class Sandbox(runtime_api.RuntimeHost):
             )  # fmt: skip
             self._capture.note(line)
         self._freezer.thaw()  # after START: what a thawed background thread writes first is this invocation's
-        self._current = _InFlight(invocation, time.monotonic(), init_duration_ms)
+        self._current = _InFlight(invocation, time.monotonic(), init_ms, restore_ms)
         timeout = self.config.timeout_seconds
         deadline_ms = int(time.time() * 1000 + timeout * 1000)
         self._current.timer = asyncio.get_running_loop().call_later(timeout, self._on_deadline, invocation.request_id)
@@ -473,6 +577,20 @@ class Sandbox(runtime_api.RuntimeHost):
             pb.AgentMessage(init_error=pb.InitError(error_type=self._init_error[0], payload=body))
         )
 
+    async def restore_next(self) -> None:
+        """SnapStart's `/runtime/restore/next`: the runtime is initialised and its before-snapshot hooks have run.
+        Here the snapshot was taken before this sandbox existed (its template), so restoring is already done."""
+        if not self.config.snap_start:
+            raise runtime_api.InvalidState("restore/next is for SnapStart functions")
+        if self._init_duration_ms is not None:
+            raise runtime_api.InvalidState("init already completed")
+
+    async def post_restore_error(self, body: bytes, error_type_header: str | None) -> None:
+        """An after-restore hook failed: as an init error, the next invocation answers with it."""
+        if not self.config.snap_start:
+            raise runtime_api.InvalidState("restore/error is for SnapStart functions")
+        await self.post_init_error(body, error_type_header)
+
     async def payload_too_large(self, request_id: str, size: int, *, error: bool) -> None:
         self._check_current(request_id)
         message = (
@@ -500,6 +618,7 @@ class Sandbox(runtime_api.RuntimeHost):
             memory_size_mb=self.config.memory_mb,
             max_memory_used_mb=self._cgroups.max_used_mb(pid),
             init_duration_ms=current.init_duration_ms,
+            restore_duration_ms=current.restore_duration_ms,
         )
         request_id = current.invocation.request_id
         tail = b""
@@ -516,6 +635,7 @@ class Sandbox(runtime_api.RuntimeHost):
         report = pb.Report(
             duration_ms=measured.duration_ms,
             init_duration_ms=measured.init_duration_ms,
+            restore_duration_ms=measured.restore_duration_ms,
             max_memory_used_mb=measured.max_memory_used_mb,
             memory_size_mb=measured.memory_size_mb,
         )

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rruntime.proto\x12\x11kambda.runtime.v1\"\x06\n\x04Next\"\xbb\x01\n\nInvocation\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12\x1c\n\x14invoked_function_arn\x18\x03 \x01(\t\x12\x10\n\x08trace_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63lient_context\x18\x05 \x01(\t\x12\x18\n\x10\x63ognito_identity\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x11\n\ttail_logs\x18\x08 \x01(\x08\"k\n\x06Report\x12\x13\n\x0b\x64uration_ms\x18\x01 \x01(\x01\x12\x18\n\x10init_duration_ms\x18\x02 \x01(\x01\x12\x1a\n\x12max_memory_used_mb\x18\x03 \x01(\x03\x12\x16\n\x0ememory_size_mb\x18\x04 \x01(\x03\"~\n\x08Response\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12)\n\x06report\x18\x03 \x01(\x0b\x32\x19.kambda.runtime.v1.Report\x12\x10\n\x08log_tail\x18\x04 \x01(\x0c\x12\x10\n\x08\x61nd_next\x18\x05 \x01(\x08\"\x8f\x01\n\x05\x45rror\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12)\n\x06report\x18\x04 \x01(\x0b\x32\x19.kambda.runtime.v1.Report\x12\x10\n\x08log_tail\x18\x05 \x01(\x0c\x12\x10\n\x08\x61nd_next\x18\x06 \x01(\x08\"0\n\tInitError\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x1d\n\x07\x44\x65\x63line\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xfe\x01\n\x0c\x41gentMessage\x12\'\n\x04next\x18\x01 \x01(\x0b\x32\x17.kambda.runtime.v1.NextH\x00\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1b.kambda.runtime.v1.ResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.kambda.runtime.v1.ErrorH\x00\x12\x32\n\ninit_error\x18\x04 \x01(\x0b\x32\x1c.kambda.runtime.v1.InitErrorH\x00\x12-\n\x07\x64\x65\x63line\x18\x05 \x01(\x0b\x32\x1a.kambda.runtime.v1.DeclineH\x00\x42\x06\n\x04kind\"\x16\n\x04Stop\x12\x0e\n\x06reason\x18\x01 \x01(\t\"v\n\x0eGatewayMessage\x12\x33\n\ninvocation\x18\x01 \x01(\x0b\x32\x1d.kambda.runtime.v1.InvocationH\x00\x12\'\n\x04stop\x18\x02 \x01(\x0b\x32\x17.kambda.runtime.v1.StopH\x00\x42\x06\n\x04kind2e\n\x10RuntimeInterface\x12Q\n\x07Session\x12\x1f.kambda.runtime.v1.AgentMessage\x1a!.kambda.runtime.v1.GatewayMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rruntime.proto\x12\x11kambda.runtime.v1\"\x06\n\x04Next\"\xbb\x01\n\nInvocation\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12\x1c\n\x14invoked_function_arn\x18\x03 \x01(\t\x12\x10\n\x08trace_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63lient_context\x18\x05 \x01(\t\x12\x18\n\x10\x63ognito_identity\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x11\n\ttail_logs\x18\x08 \x01(\x08\"\x88\x01\n\x06Report\x12\x13\n\x0b\x64uration_ms\x18\x01 \x01(\x01\x12\x18\n\x10init_duration_ms\x18\x02 \x01(\x01\x12\x1a\n\x12max_memory_used_mb\x18\x03 \x01(\x03\x12\x16\n\x0ememory_size_mb\x18\x04 \x01(\x03\x12\x1b\n\x13restore_duration_ms\x18\x05 \x01(\x01\"~\n\x08Response\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12)\n\x06report\x18\x03 \x01(\x0b\x32\x19.kambda.runtime.v1.Report\x12\x10\n\x08log_tail\x18\x04 \x01(\x0c\x12\x10\n\x08\x61nd_next\x18\x05 \x01(\x08\"\x8f\x01\n\x05\x45rror\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12)\n\x06report\x18\x04 \x01(\x0b\x32\x19.kambda.runtime.v1.Report\x12\x10\n\x08log_tail\x18\x05 \x01(\x0c\x12\x10\n\x08\x61nd_next\x18\x06 \x01(\x08\"0\n\tInitError\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x1d\n\x07\x44\x65\x63line\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xfe\x01\n\x0c\x41gentMessage\x12\'\n\x04next\x18\x01 \x01(\x0b\x32\x17.kambda.runtime.v1.NextH\x00\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1b.kambda.runtime.v1.ResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.kambda.runtime.v1.ErrorH\x00\x12\x32\n\ninit_error\x18\x04 \x01(\x0b\x32\x1c.kambda.runtime.v1.InitErrorH\x00\x12-\n\x07\x64\x65\x63line\x18\x05 \x01(\x0b\x32\x1a.kambda.runtime.v1.DeclineH\x00\x42\x06\n\x04kind\"\x16\n\x04Stop\x12\x0e\n\x06reason\x18\x01 \x01(\t\"v\n\x0eGatewayMessage\x12\x33\n\ninvocation\x18\x01 \x01(\x0b\x32\x1d.kambda.runtime.v1.InvocationH\x00\x12\'\n\x04stop\x18\x02 \x01(\x0b\x32\x17.kambda.runtime.v1.StopH\x00\x42\x06\n\x04kind2e\n\x10RuntimeInterface\x12Q\n\x07Session\x12\x1f.kambda.runtime.v1.AgentMessage\x1a!.kambda.runtime.v1.GatewayMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NEXT']._serialized_end=42
   _globals['_INVOCATION']._serialized_start=45
   _globals['_INVOCATION']._serialized_end=232
-  _globals['_REPORT']._serialized_start=234
-  _globals['_REPORT']._serialized_end=341
-  _globals['_RESPONSE']._serialized_start=343
-  _globals['_RESPONSE']._serialized_end=469
-  _globals['_ERROR']._serialized_start=472
-  _globals['_ERROR']._serialized_end=615
-  _globals['_INITERROR']._serialized_start=617
-  _globals['_INITERROR']._serialized_end=665
-  _globals['_DECLINE']._serialized_start=667
-  _globals['_DECLINE']._serialized_end=696
-  _globals['_AGENTMESSAGE']._serialized_start=699
-  _globals['_AGENTMESSAGE']._serialized_end=953
-  _globals['_STOP']._serialized_start=955
-  _globals['_STOP']._serialized_end=977
-  _globals['_GATEWAYMESSAGE']._serialized_start=979
-  _globals['_GATEWAYMESSAGE']._serialized_end=1097
-  _globals['_RUNTIMEINTERFACE']._serialized_start=1099
-  _globals['_RUNTIMEINTERFACE']._serialized_end=1200
+  _globals['_REPORT']._serialized_start=235
+  _globals['_REPORT']._serialized_end=371
+  _globals['_RESPONSE']._serialized_start=373
+  _globals['_RESPONSE']._serialized_end=499
+  _globals['_ERROR']._serialized_start=502
+  _globals['_ERROR']._serialized_end=645
+  _globals['_INITERROR']._serialized_start=647
+  _globals['_INITERROR']._serialized_end=695
+  _globals['_DECLINE']._serialized_start=697
+  _globals['_DECLINE']._serialized_end=726
+  _globals['_AGENTMESSAGE']._serialized_start=729
+  _globals['_AGENTMESSAGE']._serialized_end=983
+  _globals['_STOP']._serialized_start=985
+  _globals['_STOP']._serialized_end=1007
+  _globals['_GATEWAYMESSAGE']._serialized_start=1009
+  _globals['_GATEWAYMESSAGE']._serialized_end=1127
+  _globals['_RUNTIMEINTERFACE']._serialized_start=1129
+  _globals['_RUNTIMEINTERFACE']._serialized_end=1230
 # @@protoc_insertion_point(module_scope)

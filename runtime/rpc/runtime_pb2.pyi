@@ -30,16 +30,18 @@ class Invocation(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., invoked_function_arn: _Optional[str] = ..., trace_id: _Optional[str] = ..., client_context: _Optional[str] = ..., cognito_identity: _Optional[str] = ..., payload: _Optional[bytes] = ..., tail_logs: _Optional[bool] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("duration_ms", "init_duration_ms", "max_memory_used_mb", "memory_size_mb")
+    __slots__ = ("duration_ms", "init_duration_ms", "max_memory_used_mb", "memory_size_mb", "restore_duration_ms")
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     INIT_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_USED_MB_FIELD_NUMBER: _ClassVar[int]
     MEMORY_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     duration_ms: float
     init_duration_ms: float
     max_memory_used_mb: int
     memory_size_mb: int
-    def __init__(self, duration_ms: _Optional[float] = ..., init_duration_ms: _Optional[float] = ..., max_memory_used_mb: _Optional[int] = ..., memory_size_mb: _Optional[int] = ...) -> None: ...
+    restore_duration_ms: float
+    def __init__(self, duration_ms: _Optional[float] = ..., init_duration_ms: _Optional[float] = ..., max_memory_used_mb: _Optional[int] = ..., memory_size_mb: _Optional[int] = ..., restore_duration_ms: _Optional[float] = ...) -> None: ...
 
 class Response(_message.Message):
     __slots__ = ("request_id", "payload", "report", "log_tail", "and_next")
