@@ -100,7 +100,7 @@ def create_app(
     metrics.watch(dispatcher)
     scaler = Scaler(
         dispatcher, backend, metrics, gateway_cap=settings.max_concurrency, tick=settings.scaler_tick,
-        owned=ownership.is_mine, versions=registry.all_versions,
+        owned=ownership.is_mine, versions=registry.all_versions, provisioned=registry.provisioned,
     )  # fmt: skip
     scaler_box.append(scaler)
     app[SETTINGS] = settings
@@ -140,7 +140,7 @@ def create_app(
     CodeAPI(settings, store, registry, signing_key, backend, mirror).add_routes(app.router)
     DeployAPI(settings, deployments).add_routes(app.router)
     if functions is not None:
-        ControlAPI(settings, functions, store, mirror, configs).add_routes(app.router)
+        ControlAPI(settings, functions, store, mirror, configs, dispatcher.snapshot).add_routes(app.router)
     app.router.add_route("*", "/2015-03-31/functions/{name}/invocations", _method_not_allowed)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -63,11 +63,13 @@ def of_request(
     control = operations.match(method, path)
     if control is not None:
         op, params = control
-        action = policies.action_for_operation(op.name)
+        operation = operations.name_of(op, query)
+        action = policies.action_for_operation(operation)
         if action in policies.ACCOUNT_ACTIONS:
             return Request(action, "*")
         name = params.get("FunctionName") or params.get("Resource") or _created_name(op.name, body)
-        return Request(action, function(name, query.get("Qualifier") if op.qualified else None))
+        qualified = op.qualified and operation == op.name  # a List names the function
+        return Request(action, function(name, query.get("Qualifier") if qualified else None))
     if len(parts) == 4 and parts[:2] == ["2015-03-31", "functions"] and parts[3] == "invocations":
         return Request("lambda:InvokeFunction", function(parts[2], query.get("Qualifier")))
     if len(parts) == 4 and parts[:2] == ["2019-09-25", "functions"] and parts[3] == "event-invoke-config":

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kambda import naming
 from kambda.runtime.rpc import runtime_pb2 as pb
 
 from .registry import FunctionVersion
@@ -82,6 +83,14 @@ class Instance:
     busy: Invocation | None = None
     retired: bool = False
     stalled_since: float | None = None  # declined work its runtime had not asked for: no capacity until Next
+    # Lambda's initialization type, decided when it first connected: provisioned instances are served first and
+    # never retired for idleness while the version's provisioned concurrency wants them (provisioning.py).
+    kind: str = naming.ON_DEMAND
+    initialised: bool = False  # its runtime has asked for work at least once
+
+    @property
+    def provisioned(self) -> bool:
+        return self.kind == naming.PROVISIONED_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,10 @@ class PoolSnapshot:
     idle: tuple[tuple[str, float], ...]  # (id, monotonic time since idle)
     starting: tuple[tuple[str, float], ...]  # asked of the backend, not yet connected: (id, time asked)
     stalled: tuple[tuple[str, float], ...]  # (id, time since stalled)
+    provisioned: tuple[str, ...] = ()  # instances kept for provisioned concurrency
+    requested: int = 0  # the version's provisioned concurrency
+    allocated: int = 0  # provisioned instances whose runtime has initialised
+    available: int = 0  # of those, the ones not stalled
 
     @property
     def active(self) -> int:
@@ -113,8 +126,14 @@ class Pool:
         self._instances: dict[str, Instance] = {}
         self._starting: dict[str, float] = {}  # asked of the backend, not yet connected: id -> monotonic time asked
         self._busy = 0
+        self._requested = 0  # provisioned concurrency (the scaler's `provision`)
+
+    def _provisioned(self) -> list[Instance]:
+        return [i for i in self._instances.values() if i.provisioned]
 
     def snapshot(self) -> PoolSnapshot:
+        provisioned = self._provisioned()
+        allocated = [i for i in provisioned if i.initialised]
         return PoolSnapshot(
             version=self.version,
             busy=self._busy,
@@ -123,6 +142,10 @@ class Pool:
             idle=tuple((i.id, i.idle_since) for i in self._idle),
             starting=tuple(self._starting.items()),
             stalled=tuple((i.id, i.stalled_since) for i in self._instances.values() if i.stalled_since is not None),
+            provisioned=tuple(i.id for i in provisioned),
+            requested=self._requested,
+            allocated=len(allocated),
+            available=sum(1 for i in allocated if i.stalled_since is None),
         )
 
 
@@ -219,6 +242,15 @@ class Dispatcher:
             self._on_demand(key)
         return True
 
+    def provision(self, version: FunctionVersion, requested: int) -> None:
+        """The version's provisioned concurrency (its pool is made if need be, so the scaler starts instances for
+        it before any request). Provisioned instances beyond it become on-demand ones: they retire when idle."""
+        pool = self.pool(version)
+        pool._requested = requested
+        extra = pool._provisioned()[requested:]
+        for instance in extra:
+            instance.kind = naming.ON_DEMAND
+
     async def retire_idle(self, key: tuple[str, str], instance_id: str, reason: str) -> bool:
         """Stop a connected idle (or stalled) instance; False if there is none such (it picked up work)."""
         pool = self._pools.get(key)
@@ -236,9 +268,18 @@ class Dispatcher:
 
     async def _assign_to_idle(self, pool: Pool, invocation: Invocation) -> bool:
         while pool._idle:
-            if await self._assign(pool._idle.pop(), invocation):
+            if await self._assign(self._take_idle(pool), invocation):
                 return True
         return False
+
+    @staticmethod
+    def _take_idle(pool: Pool) -> Instance:
+        """The most recently used idle instance, provisioned ones first (Lambda spills over to on-demand only when
+        every provisioned environment is busy)."""
+        for index in range(len(pool._idle) - 1, -1, -1):
+            if pool._idle[index].provisioned:
+                return pool._idle.pop(index)
+        return pool._idle.pop()
 
     def _queue(self, pool: Pool, invocation: Invocation, *, first: bool = False) -> None:
         if not self._owned(pool.version.function):
@@ -292,7 +333,10 @@ class Dispatcher:
 
     # ---- the instance's side ---------------------------------------------------------------------------------
 
-    def connect(self, version: FunctionVersion, instance_id: str, send: Sender) -> Instance:
+    def connect(self, version: FunctionVersion, instance_id: str, send: Sender, claimed: str | None = None) -> Instance:
+        """A new stream of an instance. Its initialization type: the one it `claimed` (reconnecting, its runtime
+        already started as that; provisioned only while the version still wants one more), else provisioned while
+        the version has fewer than it requested, else on-demand (snap-start for SnapStart versions)."""
         pool = self.pool(version)
         if pool._starting.pop(instance_id, None) is None and pool._starting:
             # Backends that cannot name instances in advance (Kubernetes: pods) hand out placeholders; a new
@@ -303,6 +347,11 @@ class Dispatcher:
             self.disconnect(old)
         now = self._clock.now()
         instance = Instance(instance_id, pool, send, connected_at=now, idle_since=now)
+        wants_provisioned = len(pool._provisioned()) < pool._requested
+        if version.spec.snap_start:
+            instance.kind = naming.SNAP_START
+        elif claimed in (None, naming.PROVISIONED_CONCURRENCY) and wants_provisioned:
+            instance.kind = naming.PROVISIONED_CONCURRENCY
         pool._instances[instance_id] = instance
         return instance
 
@@ -311,6 +360,7 @@ class Dispatcher:
         pool = instance.pool
         if instance.retired or instance.busy is not None:
             return
+        instance.initialised = True
         instance.stalled_since = None
         while pool._pending:
             invocation = pool._pending.popleft()

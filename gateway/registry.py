@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kambda import naming
 from kambda.specs import FunctionSpec
 
+from . import provisioning
 from .routing import pick as routing_pick
 
 
@@ -105,3 +106,13 @@ class Registry:
     def by_key(self, function: str, version: str) -> FunctionVersion | None:
         namespace, _, name = function.partition("/")
         return self._versions.get((namespace, name), {}).get(version)
+
+    def provisioned(self, version: FunctionVersion) -> int:
+        """The provisioned concurrency `version` keeps: its own, its aliases' shares, and the function's
+        `spec.concurrency.provisioned` if it is the version `$LATEST` runs (provisioning.requested)."""
+        spec = version.spec
+        latest = self._versions.get((spec.namespace, spec.name), {}).get(naming.LATEST)
+        return provisioning.requested(
+            spec, version.version, None if latest is None else latest.version,
+            lambda alias: self.routing(spec.namespace, spec.name, alias),
+        )  # fmt: skip

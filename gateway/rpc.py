@@ -17,7 +17,7 @@ import grpc
 from grpc import aio
 
 from kambda import credentials, streams
-from kambda.naming import OWNER_METADATA
+from kambda.naming import INITIALIZATION_TYPE_METADATA, OWNER_METADATA
 from kambda.runtime.rpc import runtime_pb2 as pb
 from kambda.runtime.rpc import runtime_pb2_grpc as pb_grpc
 
@@ -92,11 +92,14 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
         if version is None or not instance_id:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no such function version: {function}")
         assert version is not None
-        instance = self._dispatcher.connect(version, instance_id, _serialised_writer(context))
+        claimed = md.get(INITIALIZATION_TYPE_METADATA)
+        instance = self._dispatcher.connect(version, instance_id, _serialised_writer(context), claimed)
         task = asyncio.current_task()
         assert task is not None
         self._sessions[instance] = task
         try:
+            # Its initialization type, which its runtime starts with (AWS_LAMBDA_INITIALIZATION_TYPE).
+            await context.send_initial_metadata(((INITIALIZATION_TYPE_METADATA, instance.kind),))
             async for message in request_iterator:
                 kind = message.WhichOneof("kind")
                 wants_next = kind == "next"

@@ -23,13 +23,13 @@ from .registry import FunctionVersion
 log = logging.getLogger(__name__)
 
 
-def policy_for(version: FunctionVersion, gateway_cap: int) -> scaling.Policy:
+def policy_for(version: FunctionVersion, gateway_cap: int, provisioned: int = 0) -> scaling.Policy:
     spec = version.spec
     cap = spec.concurrency.reserved
     if cap is None:
         cap = spec.scaling.max_instances or gateway_cap
     return scaling.Policy(
-        provisioned=spec.concurrency.provisioned,
+        provisioned=provisioned,
         cap=min(cap, gateway_cap),
         idle_seconds=spec.scaling.idle_seconds,
         burst=spec.scaling.burst,
@@ -37,12 +37,14 @@ def policy_for(version: FunctionVersion, gateway_cap: int) -> scaling.Policy:
 
 
 def state_of(snapshot: PoolSnapshot) -> scaling.State:
+    kept = set(snapshot.provisioned)  # provisioned instances never expire while wanted
     return scaling.State(
         active=snapshot.active,
         connected=snapshot.connected,
         starting=len(snapshot.starting),
-        idle_since=(*snapshot.idle, *snapshot.starting),
+        idle_since=(*(i for i in snapshot.idle if i[0] not in kept), *snapshot.starting),
         stalled_since=snapshot.stalled,
+        provisioned=len(kept),
     )
 
 
@@ -58,8 +60,10 @@ class Scaler:
         owned: Callable[[str], bool] = lambda function: True,
         clock: Callable[[], float] = time.monotonic,
         versions: Callable[[], list[FunctionVersion]] = list,
+        provisioned: Callable[[FunctionVersion], int] = lambda version: 0,
     ) -> None:
         self._versions = versions  # every version served (the registry's), for what `prepare` makes ahead
+        self._provisioned = provisioned  # a version's provisioned concurrency (provisioning.requested)
         self._prepared: dict[tuple[str, str], FunctionVersion] = {}
         self._owned = owned
         self._dispatcher = dispatcher
@@ -89,9 +93,20 @@ class Scaler:
                 await asyncio.sleep(self._tick)
 
     async def prepare_versions(self) -> None:
-        """SnapStart versions get their template when published, not at their first request; a version gone (or
-        one this replica no longer owns) gives its template up."""
-        current = {v.key: v for v in self._versions() if v.spec.snap_start and self._owned(v.function)}
+        """Before any request: versions with provisioned concurrency get a pool (so their instances are started
+        below), SnapStart versions get their template (a version gone, or one this replica no longer owns, gives
+        its template up)."""
+        served = [v for v in self._versions() if self._owned(v.function)]
+        for version in served:
+            wanted = self._provisioned(version)
+            snapshot = self._dispatcher.snapshot(version.key)
+            if wanted or (snapshot is not None and snapshot.requested):
+                self._dispatcher.provision(version, wanted)
+        keys = {v.key for v in served}
+        for snapshot in self._dispatcher.snapshots():
+            if snapshot.requested and snapshot.version.key not in keys:
+                self._dispatcher.provision(snapshot.version, 0)  # a version deleted (or moved): nothing kept
+        current = {v.key: v for v in served if v.spec.snap_start}
         for key, version in current.items():
             previous = self._prepared.get(key)
             if previous is not version:
@@ -118,7 +133,8 @@ class Scaler:
                 left_running = await self._backend.adopt(version)
                 self._dispatcher.adopt(key, scaling.still_to_reconnect(left_running, snapshot.connected), now)
                 snapshot = self._dispatcher.snapshot(key) or snapshot
-            decision = scaling.decide(state_of(snapshot), policy_for(version, self._gateway_cap), now)
+            policy = policy_for(version, self._gateway_cap, snapshot.requested)
+            decision = scaling.decide(state_of(snapshot), policy, now)
             labels = (version.spec.name, version.version)
             if decision.start:
                 ids = await self._backend.start_instances(version, decision.start)

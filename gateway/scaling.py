@@ -2,9 +2,11 @@
 
     desired = ceil(active / per-instance concurrency), at least `provisioned`, at most the cap
     cap     = reserved concurrency, else max instances, else the gateway-wide limit
-    start   = desired - (connected + starting), at most `burst` in one step
+    start   = desired - (connected + starting), or the provisioned instances still missing if more (an on-demand
+              instance cannot become a provisioned one: its runtime initialised as on-demand), at most `burst`
     stop    = idle instances whose idle window has passed, keeping `desired` (and provisioned) alive; an instance
-              still starting counts as idle since it was asked for (a pod that never gets scheduled is withdrawn)
+              still starting counts as idle since it was asked for (a pod that never gets scheduled is withdrawn);
+              provisioned instances are not in `idle_since`: they never expire
     stalled = instances whose runtime declined work it had not asked for: not capacity (so another is started
               for the work they gave back) but still instances (the cap counts them); stopped once stalled for
               the idle window, or at once when the cap leaves no room for the instance their work needs
@@ -34,6 +36,7 @@ class State:
     starting: int  # instances requested and not yet connected
     idle_since: tuple[tuple[str, float], ...] = ()  # idle or starting instances: (id, monotonic time since idle)
     stalled_since: tuple[tuple[str, float], ...] = ()  # connected but not capacity (counted in `connected`)
+    provisioned: int = 0  # connected instances that are provisioned (counted in `connected`)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ def decide(state: State, policy: Policy, now: float) -> Decision:
     desired = min(cap, max(policy.provisioned, math.ceil(state.active / max(1, policy.per_instance))))
     total = state.connected + state.starting
     current = total - len(state.stalled_since)
-    start = min(max(0, desired - current), max(0, cap - total), max(0, policy.burst))
+    missing_provisioned = policy.provisioned - state.provisioned - state.starting
+    start = min(max(0, desired - current, missing_provisioned), max(0, cap - total), max(0, policy.burst))
     # Idle instances beyond what is needed are kept warm until their idle window passes (execution-context
     # reuse); the oldest idle go first. Starting instances count as alive so a cold start in progress is
     # never mistaken for spare capacity to retire.

@@ -74,3 +74,7 @@ def function_arn(region: str, account: str, name: str, qualifier: str | None = N
 
 # The runtime interface's redirect (gateway replicas): trailing metadata naming the owning replica's address.
 OWNER_METADATA = "kambda-owner"
+# Lambda's AWS_LAMBDA_INITIALIZATION_TYPE values. The gateway tells an instance its type when its stream opens (the
+# metadata below), the agent starts the runtime with it, and says it again on a reconnect.
+ON_DEMAND, PROVISIONED_CONCURRENCY, SNAP_START = "on-demand", "provisioned-concurrency", "snap-start"
+INITIALIZATION_TYPE_METADATA = "kambda-initialization-type"

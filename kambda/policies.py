@@ -81,6 +81,7 @@ LAMBDA_ACTIONS: tuple[str, ...] = (
     "lambda:PutProvisionedConcurrencyConfig",
     "lambda:GetProvisionedConcurrencyConfig",
     "lambda:DeleteProvisionedConcurrencyConfig",
+    "lambda:ListProvisionedConcurrencyConfigs",
     "lambda:GetAccountSettings",
     "lambda:TagResource",
     "lambda:UntagResource",

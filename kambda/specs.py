@@ -124,7 +124,14 @@ class SecretEnv:
 @dataclass(frozen=True)
 class Concurrency:
     reserved: int | None = None  # hard cap on concurrent executions of all versions; 0 disables the function
-    provisioned: int = 0  # instances kept warm even when idle
+    provisioned: int = 0  # provisioned concurrency of the version $LATEST runs (the newest)
+    # Lambda's provisioned concurrency configs: qualifier (a version number or an alias) -> executions. An alias's
+    # is shared among its versions by their routing weights.
+    provisioned_configs: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def provisioned_total(self) -> int:
+        return self.provisioned + sum(self.provisioned_configs.values())
 
 
 @dataclass(frozen=True)
@@ -279,8 +286,11 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     conc = r.mapping(spec, "concurrency", "spec")
     reserved = r.integer(conc, "reserved", "spec.concurrency", (0, None))
     provisioned = r.integer(conc, "provisioned", "spec.concurrency", (0, None)) or 0
-    if reserved is not None and provisioned > reserved:
-        r.fail("spec.concurrency.provisioned", "must not exceed spec.concurrency.reserved")
+    provisioned_configs = _parse_provisioned_configs(r, conc)
+    total = provisioned + sum(provisioned_configs.values())
+    if reserved is not None and total > reserved:
+        what = "spec.concurrency.provisioned" if not provisioned_configs else "spec.concurrency.provisionedConfigs"
+        r.fail(what, f"must not exceed spec.concurrency.reserved ({total} provisioned in all)")
 
     scal = r.mapping(spec, "scaling", "spec")
     idle = r.number(scal, "idleSeconds", "spec.scaling", 0)
@@ -316,6 +326,8 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         r.fail("spec.snapStart.applyOn", f"must be one of {', '.join(SNAP_START_APPLY_ON)}")
     elif apply_on == "PublishedVersions" and not runtime.startswith("python"):
         r.fail("spec.snapStart", f"SnapStart is offered for python* runtimes, not {runtime}")
+    elif apply_on == "PublishedVersions" and total:
+        r.fail("spec.snapStart", "SnapStart and provisioned concurrency cannot be used together (as on Lambda)")
 
     if r.errors:
         raise SpecError(r.errors)
@@ -328,7 +340,7 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         memory_mb=memory or 128,
         timeout_seconds=timeout or 3,
         environment=environment,
-        concurrency=Concurrency(reserved=reserved, provisioned=provisioned),
+        concurrency=Concurrency(reserved=reserved, provisioned=provisioned, provisioned_configs=provisioned_configs),
         scaling=Scaling(
             idle_seconds=300.0 if idle is None else idle,
             max_instances=max_instances,
@@ -353,6 +365,24 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
         role=role,
         tags=tags,
     )
+
+
+PROVISIONED_QUALIFIER_RE = re.compile(r"(?:[1-9][0-9]{0,9}|(?![0-9]+\Z)[a-zA-Z0-9-_]{1,128})\Z")
+
+
+def _parse_provisioned_configs(r: _Reader, conc: Mapping[str, Any]) -> Mapping[str, int]:
+    """`spec.concurrency.provisionedConfigs`: a published version's number or an alias name -> at least 1."""
+    configs = r.mapping(conc, "provisionedConfigs", "spec.concurrency")
+    parsed: dict[str, int] = {}
+    for qualifier, value in configs.items():
+        path = f"spec.concurrency.provisionedConfigs.{qualifier}"
+        if not isinstance(qualifier, str) or not PROVISIONED_QUALIFIER_RE.fullmatch(qualifier):
+            r.fail(path, "must be a published version's number or an alias name ($LATEST cannot have any)")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            r.fail(path, "must be an integer of at least 1")
+        else:
+            parsed[qualifier] = value
+    return parsed
 
 
 def _parse_tags(r: _Reader, spec: Mapping[str, Any]) -> Mapping[str, str]:

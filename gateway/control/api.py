@@ -15,12 +15,15 @@ from typing import Any
 from aiohttp import web
 
 from kambda import manifests, naming, packages, specs
+from kambda.operator import versioning
 
-from .. import auth, errors
+from .. import auth, errors, provisioning
 from ..codemirror import ObjectStoreMirror
 from ..codestore import CodeStore
 from ..connections import read_json_object
+from ..dispatching import PoolSnapshot
 from ..invoke_configs import InvokeConfigs
+from ..provisioning import Status
 from ..settings import GatewaySettings
 from . import operations, shapes
 from .store import Change, FunctionStore, StoredAlias, StoredFunction, StoredVersion, revision_mismatch
@@ -34,8 +37,9 @@ _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "ar
 class ControlAPI:
     def __init__(
         self, settings: GatewaySettings, store: FunctionStore, code: CodeStore, mirror: ObjectStoreMirror | None,
-        configs: InvokeConfigs,
+        configs: InvokeConfigs, pools: Callable[[tuple[str, str]], PoolSnapshot | None] = lambda key: None,
     ) -> None:  # fmt: skip
+        self._pools = pools  # a version's dispatch state here: its provisioned instances
         self._settings = settings
         self._configs = configs  # a deleted function's event-invoke config goes with it, as on Lambda
         self._store = store
@@ -415,25 +419,120 @@ class ControlAPI:
         await self._set_reserved(self._ref(request).name, None)
         return web.Response(status=204)
 
-    # ---- provisioned concurrency: not per qualifier yet ------------------------------------------------------
+    # ---- provisioned concurrency ---------------------------------------------------------------------------
+
+    async def _provisioned_target(self, request: web.Request) -> tuple[StoredFunction, str, dict[str, float]]:
+        """The function, the qualifier of a provisioned-concurrency request, and the versions it puts instances on
+        (an alias: its routing weights; a version: itself)."""
+        ref = self._ref(request, qualifier=True)
+        fn = await self._store.function(ref.name)
+        qualifier = ref.qualifier
+        if qualifier is None:
+            raise errors.invalid_parameter("Qualifier is required: a published version's number or an alias")
+        if qualifier == naming.LATEST:
+            raise errors.invalid_parameter(
+                "Provisioned Concurrency Configs cannot be applied to unpublished function versions."
+            )
+        if fn.version(qualifier) is not None:
+            return fn, qualifier, {qualifier: 1.0}
+        alias = next((a for a in await self._store.aliases(fn.name) if a.name == qualifier), None)
+        if alias is None:
+            raise errors.not_found(self._place.function_arn(fn.name, qualifier))
+        return fn, qualifier, versioning.alias_routing(alias.version, alias.weights)
+
+    def _provisioned_status(self, fn: StoredFunction, executions: int, weights: Mapping[str, float]) -> Status:
+        """What this gateway's instances of the qualifier's versions give its `executions` (Lambda's Allocated and
+        Available count each version's provisioned instances up to its share)."""
+        total = Status(executions, 0, 0)
+        for version, share in provisioning.shares(executions, weights).items():
+            pool = self._pools((f"{self._settings.namespace}/{fn.name}", version))
+            if pool is not None:
+                total += Status(0, min(share, pool.allocated), min(share, pool.available))
+        return total
+
+    def _provisioned_shape(self, fn: StoredFunction, qualifier: str, status: Status) -> dict[str, Any]:
+        return {
+            "FunctionArn": self._place.function_arn(fn.name, qualifier),
+            "RequestedProvisionedConcurrentExecutions": status.requested,
+            "AvailableProvisionedConcurrentExecutions": status.available,
+            "AllocatedProvisionedConcurrentExecutions": status.allocated,
+            "Status": status.state,
+            "LastModified": fn.last_modified,
+        }
+
+    @staticmethod
+    def _configs_of(fn: StoredFunction) -> Mapping[str, int]:
+        return dict((fn.spec.get("concurrency") or {}).get("provisionedConfigs") or {})
+
+    async def _set_provisioned(self, name: str, qualifier: str, executions: int | None) -> StoredFunction:
+        def change(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+            concurrency = dict(spec.get("concurrency") or {})
+            configs = dict(concurrency.get("provisionedConfigs") or {})
+            if executions is None:
+                configs.pop(qualifier, None)
+            else:
+                configs[qualifier] = executions
+            concurrency["provisionedConfigs"] = configs
+            concurrency = _without_empty(concurrency, "provisionedConfigs")
+            return _without_empty({**spec, "concurrency": concurrency}, "concurrency")
+
+        return await self._store.update(name, self._checked(name, change))
 
     async def put_provisioned_concurrency_config(self, request: web.Request) -> web.StreamResponse:
-        raise errors.invalid_parameter(
-            "Provisioned concurrency configs per version or alias are not supported yet; a Function's "
-            "spec.concurrency.provisioned keeps instances of each of its versions initialised"
-        )
+        fn, qualifier, weights = await self._provisioned_target(request)
+        body = await self._body(request)
+        executions = shapes.integer(body, "ProvisionedConcurrentExecutions", required=True)
+        assert executions is not None
+        if executions < 1:
+            raise errors.invalid_parameter("ProvisionedConcurrentExecutions must be at least 1")
+        reserved = (fn.spec.get("concurrency") or {}).get("reserved")
+        others = sum(n for q, n in self._configs_of(fn).items() if q != qualifier)
+        if reserved is not None and executions + others > reserved:
+            raise errors.invalid_parameter(
+                "Requested Provisioned Concurrency should not be greater than the reservedConcurrentExecution "
+                "for function"
+            )
+        fn = await self._set_provisioned(fn.name, qualifier, executions)
+        status = self._provisioned_status(fn, executions, weights)
+        shape = self._provisioned_shape(fn, qualifier, status)
+        del shape["FunctionArn"]
+        return web.json_response(shape, status=202)
 
     async def get_provisioned_concurrency_config(self, request: web.Request) -> web.StreamResponse:
-        ref = self._ref(request, qualifier=True)
-        await self._store.function(ref.name)
-        arn = self._place.function_arn(ref.name, ref.qualifier)
-        raise errors.AWSError(
-            404, "ProvisionedConcurrencyConfigNotFoundException",
-            f"No Provisioned Concurrency Config found for this function: {arn}",
-        )  # fmt: skip
+        if request.query.get("List") == "ALL":  # one path, two operations (operations.name_of)
+            return await self.list_provisioned_concurrency_configs(request)
+        fn, qualifier, weights = await self._provisioned_target(request)
+        executions = self._configs_of(fn).get(qualifier)
+        if executions is None:
+            raise errors.AWSError(
+                404, "ProvisionedConcurrencyConfigNotFoundException",
+                f"No Provisioned Concurrency Config found for this function: "
+                f"{self._place.function_arn(fn.name, qualifier)}",
+            )  # fmt: skip
+        shape = self._provisioned_shape(fn, qualifier, self._provisioned_status(fn, executions, weights))
+        del shape["FunctionArn"]
+        return web.json_response(shape)
 
     async def delete_provisioned_concurrency_config(self, request: web.Request) -> web.StreamResponse:
-        return await self.get_provisioned_concurrency_config(request)
+        fn, qualifier, _ = await self._provisioned_target(request)
+        if qualifier not in self._configs_of(fn):
+            raise errors.AWSError(
+                404, "ProvisionedConcurrencyConfigNotFoundException",
+                f"No Provisioned Concurrency Config found for this function: "
+                f"{self._place.function_arn(fn.name, qualifier)}",
+            )  # fmt: skip
+        await self._set_provisioned(fn.name, qualifier, None)
+        return web.Response(status=204)
+
+    async def list_provisioned_concurrency_configs(self, request: web.Request) -> web.StreamResponse:
+        fn = await self._store.function(self._ref(request).name)
+        aliases = {a.name: a for a in await self._store.aliases(fn.name)}
+        shapes_: list[dict[str, Any]] = []
+        for qualifier, executions in sorted(self._configs_of(fn).items()):
+            alias = aliases.get(qualifier)
+            weights = {qualifier: 1.0} if alias is None else versioning.alias_routing(alias.version, alias.weights)
+            shapes_.append(self._provisioned_shape(fn, qualifier, self._provisioned_status(fn, executions, weights)))
+        return web.json_response({"ProvisionedConcurrencyConfigs": shapes_})
 
     async def get_account_settings(self, request: web.Request) -> web.StreamResponse:
         functions = await self._store.functions()

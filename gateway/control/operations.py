@@ -7,6 +7,7 @@ action (`lambda:` + the operation's name) against the resource the path names.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kambda import packages
@@ -87,6 +88,16 @@ def match(method: str, path: str) -> tuple[Operation, dict[str, str]] | None:
             if found:
                 return op, found.groupdict()
     return None
+
+
+# The one path Lambda serves two operations on: a GET with ?List=ALL lists a function's configs.
+_LISTED = {"GetProvisionedConcurrencyConfig": "ListProvisionedConcurrencyConfigs"}
+
+
+def name_of(op: Operation, query: Mapping[str, str]) -> str:
+    """The operation a request to `op`'s route is (botocore's name, whose IAM action the authoriser judges)."""
+    listed = _LISTED.get(op.name)
+    return listed if listed is not None and query.get("List") == "ALL" else op.name
 
 
 def body_limit(method: str, path: str) -> int | None:

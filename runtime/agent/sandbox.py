@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kambda import logconfig
+from kambda import logconfig, naming
 
 from ..rpc import runtime_pb2 as pb
 from . import code, external, freezer, isolation, limits, logs, peers, reports, runtime_api, snapstart
@@ -35,6 +35,8 @@ PYTHON_PREFIX = "python"
 NODE_PREFIX = "nodejs"
 # Where hack/build-node-ric.sh leaves AWS's Node.js runtime interface client (its native part built) on a host.
 NODE_RIC_CACHE = "/var/cache/kambda"
+# How long a new sandbox waits for the gateway to say its initialization type before starting on-demand anyway.
+INITIALIZATION_TYPE_WAIT = 2.0
 # Lambda's LAMBDA_RUNTIME_DIR: the runtime interface client and the SDK Lambda provides (boto3), and nothing else.
 RUNTIME_DIR = "/var/runtime"
 
@@ -157,7 +159,12 @@ class SandboxConfig:
         return os.path.dirname(self.runtime_argv(task_root, opt_root, site_root)[0])
 
     def runtime_env(
-        self, api_port: int, task_root: str | None = None, opt_root: str | None = None, site_root: str | None = None
+        self,
+        api_port: int,
+        task_root: str | None = None,
+        opt_root: str | None = None,
+        site_root: str | None = None,
+        initialization_type: str = naming.ON_DEMAND,
     ) -> dict[str, str]:
         """The reserved Lambda environment plus the function's own variables (configuration-envvars)."""
         stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{self.version}]{self.instance_id}"
@@ -181,10 +188,10 @@ class SandboxConfig:
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
-            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": initialization_type,
         }
         if self.snap_start:
-            env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "snap-start"
+            env["AWS_LAMBDA_INITIALIZATION_TYPE"] = naming.SNAP_START
             # As on Lambda: one snapshot serves every environment, so none has a log stream of its own to name.
             del env["AWS_LAMBDA_LOG_GROUP_NAME"], env["AWS_LAMBDA_LOG_STREAM_NAME"]
         if self.runtime.startswith((PYTHON_PREFIX, NODE_PREFIX)):
@@ -259,6 +266,7 @@ class Sandbox(runtime_api.RuntimeHost):
         self.config = config
         self._templates = templates if uses_template(config) else None
         self._restored = False  # this life of the runtime was forked from the version's SnapStart template
+        self._provisioned = False  # initialised ahead of any request, for provisioned concurrency
         self._life_uid: int | None = None  # the uid this life runs as (its template's, when restored)
         self._session = session
         self._sink = sink
@@ -371,7 +379,18 @@ class Sandbox(runtime_api.RuntimeHost):
         self._freezer = freezer.NoFreezer()
         return proc
 
+    async def _initialization_type(self) -> str:
+        """What the gateway made this sandbox (provisioned concurrency or on-demand); a container image's runtime
+        has its environment in its container's spec, written when the pod was made: on-demand."""
+        if self.config.snap_start:
+            return naming.SNAP_START
+        if self.config.external_runtime:
+            return naming.ON_DEMAND
+        return await self._session.initialization_type(timeout=INITIALIZATION_TYPE_WAIT)
+
     async def _spawn(self) -> asyncio.subprocess.Process:
+        initialization_type = await self._initialization_type()
+        self._provisioned = initialization_type == naming.PROVISIONED_CONCURRENCY
         read_fd, write_fd = os.pipe()
         self._cgroups.reset_peak()
         try:
@@ -388,7 +407,9 @@ class Sandbox(runtime_api.RuntimeHost):
             proc = await asyncio.create_subprocess_exec(
                 *self._cgroups.wrap(argv),
                 cwd=self.config.code_dir,
-                env=self.config.runtime_env(self._port, self._task_root, self._opt_root, self._site_root),
+                env=self.config.runtime_env(
+                    self._port, self._task_root, self._opt_root, self._site_root, initialization_type
+                ),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
@@ -524,7 +545,8 @@ class Sandbox(runtime_api.RuntimeHost):
     def _begin(self, invocation: pb.Invocation) -> int:
         """Hand an invocation to the runtime: note START, thaw the sandbox, arm the deadline (its clock starts only
         now: time frozen is nobody's). Returns the deadline (epoch ms)."""
-        cold_ms = 0.0 if self._served else (self._init_duration_ms or 0.0)
+        # A provisioned runtime initialised ahead of its first request: Lambda shows no Init Duration for it.
+        cold_ms = 0.0 if self._served or self._provisioned else (self._init_duration_ms or 0.0)
         init_ms, restore_ms = (0.0, cold_ms) if self._restored else (cold_ms, 0.0)
         self._served = True
         if self._capture is not None:

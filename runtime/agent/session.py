@@ -15,6 +15,7 @@ it starts from home again, which sends it to whoever owns the function then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 
-from kambda import streams
+from kambda import naming, streams
 from kambda.naming import OWNER_METADATA
 
 from ..rpc import runtime_pb2 as pb
@@ -81,11 +82,33 @@ class Session:
         self._next_outstanding = False
         self._closed = False
         self.failure: BaseException | None = None
+        # Lambda's AWS_LAMBDA_INITIALIZATION_TYPE of this sandbox, as the gateway said when its stream first opened
+        # (provisioned concurrency or on-demand), and said back to it on every reconnect.
+        self._initialization_type: str | None = None
+        self._told = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         """Whether a stream to the gateway is open now."""
         return self._connected.is_set()
+
+    async def initialization_type(self, *, timeout: float) -> str:
+        """The sandbox's initialization type: what the gateway says once the stream is open, or on-demand if it
+        has not said within `timeout` (the runtime is not kept from starting by an unreachable gateway)."""
+        if self._initialization_type is None:
+            try:
+                await asyncio.wait_for(self._told.wait(), timeout)
+            except TimeoutError:
+                self._initialization_type = naming.ON_DEMAND
+        return self._initialization_type or naming.ON_DEMAND
+
+    async def _learn_type(self, call: aio.StreamStreamCall) -> None:
+        with contextlib.suppress(aio.AioRpcError, asyncio.InvalidStateError):
+            for key, value in await call.initial_metadata() or ():
+                if key == naming.INITIALIZATION_TYPE_METADATA and isinstance(value, str):
+                    if self._initialization_type is None:
+                        self._initialization_type = value
+                    self._told.set()
 
     @property
     def credential(self) -> str:
@@ -97,8 +120,12 @@ class Session:
         attempt = 0
         while not self._closed:
             stub = self._home if self._redirected is None else self._redirected[2]
-            call = stub.Session(metadata=self._identity.metadata())
+            metadata = self._identity.metadata()
+            if self._initialization_type is not None:
+                metadata += ((naming.INITIALIZATION_TYPE_METADATA, self._initialization_type),)
+            call = stub.Session(metadata=metadata)
             self._call = call
+            learning = asyncio.create_task(self._learn_type(call))
             try:
                 if self._next_outstanding:
                     await self._write(call, pb.AgentMessage(next=pb.Next()))
@@ -134,6 +161,7 @@ class Session:
                 call.cancel()
                 raise
             finally:
+                learning.cancel()
                 self._connected.clear()
                 self._call = None
                 # What arrived on the lost stream was failed by the gateway when the stream ended (and may be run
