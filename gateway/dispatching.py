@@ -244,7 +244,10 @@ class Dispatcher:
 
     def provision(self, version: FunctionVersion, requested: int) -> None:
         """The version's provisioned concurrency (its pool is made if need be, so the scaler starts instances for
-        it before any request). Provisioned instances beyond it become on-demand ones: they retire when idle."""
+        it before any request). Provisioned instances beyond it become on-demand ones: they retire when idle.
+        Nothing to do for a version with none and no pool."""
+        if not requested and version.key not in self._pools:
+            return
         pool = self.pool(version)
         pool._requested = requested
         extra = pool._provisioned()[requested:]
@@ -275,7 +278,9 @@ class Dispatcher:
     @staticmethod
     def _take_idle(pool: Pool) -> Instance:
         """The most recently used idle instance, provisioned ones first (Lambda spills over to on-demand only when
-        every provisioned environment is busy)."""
+        every provisioned environment is busy). Without provisioned concurrency, no search: the warm path."""
+        if not pool._requested:
+            return pool._idle.pop()
         for index in range(len(pool._idle) - 1, -1, -1):
             if pool._idle[index].provisioned:
                 return pool._idle.pop(index)

@@ -96,17 +96,13 @@ class Scaler:
         """Before any request: versions with provisioned concurrency get a pool (so their instances are started
         below), SnapStart versions get their template (a version gone, or one this replica no longer owns, gives
         its template up)."""
-        served = [v for v in self._versions() if self._owned(v.function)]
-        for version in served:
-            wanted = self._provisioned(version)
-            snapshot = self._dispatcher.snapshot(version.key)
-            if wanted or (snapshot is not None and snapshot.requested):
-                self._dispatcher.provision(version, wanted)
-        keys = {v.key for v in served}
+        served = {v.key: v for v in self._versions() if self._owned(v.function)}
         for snapshot in self._dispatcher.snapshots():
-            if snapshot.requested and snapshot.version.key not in keys:
+            if snapshot.requested and snapshot.version.key not in served:
                 self._dispatcher.provision(snapshot.version, 0)  # a version deleted (or moved): nothing kept
-        current = {v.key: v for v in served if v.spec.snap_start}
+        for version in served.values():
+            self._dispatcher.provision(version, self._provisioned(version))
+        current = {key: v for key, v in served.items() if v.spec.snap_start}
         for key, version in current.items():
             previous = self._prepared.get(key)
             if previous is not version:

@@ -438,7 +438,7 @@ class ControlAPI:
         alias = next((a for a in await self._store.aliases(fn.name) if a.name == qualifier), None)
         if alias is None:
             raise errors.not_found(self._place.function_arn(fn.name, qualifier))
-        return fn, qualifier, versioning.alias_routing(alias.version, alias.weights)
+        return fn, qualifier, _weights(qualifier, alias)
 
     def _provisioned_status(self, fn: StoredFunction, executions: int, weights: Mapping[str, float]) -> Status:
         """What this gateway's instances of the qualifier's versions give its `executions` (Lambda's Allocated and
@@ -529,8 +529,7 @@ class ControlAPI:
         aliases = {a.name: a for a in await self._store.aliases(fn.name)}
         shapes_: list[dict[str, Any]] = []
         for qualifier, executions in sorted(self._configs_of(fn).items()):
-            alias = aliases.get(qualifier)
-            weights = {qualifier: 1.0} if alias is None else versioning.alias_routing(alias.version, alias.weights)
+            weights = _weights(qualifier, aliases.get(qualifier))
             shapes_.append(self._provisioned_shape(fn, qualifier, self._provisioned_status(fn, executions, weights)))
         return web.json_response({"ProvisionedConcurrencyConfigs": shapes_})
 
@@ -600,3 +599,8 @@ def _without_empty(spec: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def _weights(qualifier: str, alias: StoredAlias | None) -> dict[str, float]:
+    """The versions a provisioned-concurrency qualifier puts instances on: an alias's routing, or the version."""
+    return {qualifier: 1.0} if alias is None else versioning.alias_routing(alias.version, alias.weights)

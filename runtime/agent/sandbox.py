@@ -204,6 +204,45 @@ class SandboxConfig:
         return env
 
 
+def roots_of(config: SandboxConfig, iso: isolation.Isolation) -> tuple[str, str | None, str]:
+    """Where the runtime sees its code, its layers and what Lambda provides it: in the sandbox, or on the host."""
+    task_root = isolation.TASK_ROOT if iso.enabled else config.code_dir
+    opt_root = None if config.opt_dir is None else isolation.OPT_ROOT if iso.enabled else config.opt_dir
+    return task_root, opt_root, RUNTIME_DIR if iso.enabled else config.python_site
+
+
+def runtime_roots(config: SandboxConfig) -> tuple[str, ...]:
+    """What the runtime's interpreter and client need visible in the sandbox (read-only)."""
+    roots = isolation.python_roots(config.python)
+    if config.runtime.startswith(NODE_PREFIX) and config.node_ric:
+        roots += (os.path.dirname(os.path.realpath(config.node_ric)),)  # its node_modules
+    return roots
+
+
+async def launch(
+    config: SandboxConfig,
+    iso: isolation.Isolation,
+    argv: list[str],
+    *,
+    uid: int | None,
+    cgroups: limits.SandboxCgroups,
+    env: Mapping[str, str],
+    write_fd: int,
+    pass_fds: tuple[int, ...] = (),
+) -> asyncio.subprocess.Process:
+    """Start `argv` (paths as the sandbox sees them) as a runtime of `config`: under its isolation and uid, inside
+    `cgroups`, in a process group of its own (a timeout kills everything it started), writing to `write_fd`."""
+    wrapped = isolation.sandbox_argv(
+        argv, iso, code_dir=config.code_dir, opt_dir=config.opt_dir, uid=uid, read_only=runtime_roots(config),
+        binds=site_binds(config.python_site) if iso.enabled and config.runtime.startswith(PYTHON_PREFIX) else (),
+        tmp_bytes=config.tmp_mb * limits.MIB,  # the Function's ephemeralStorage
+    )  # fmt: skip
+    return await asyncio.create_subprocess_exec(
+        *cgroups.wrap(wrapped), cwd=config.code_dir, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
+        stdout=write_fd, stderr=write_fd, start_new_session=True, pass_fds=pass_fds,
+    )  # fmt: skip
+
+
 def uses_template(config: SandboxConfig) -> bool:
     """SnapStart's templates serve Python runtimes the agent starts itself (Lambda's SnapStart has no custom or
     container-image runtimes)."""
@@ -223,30 +262,17 @@ def make_template(config: SandboxConfig, sink: logs.Sink) -> snapstart.Template:
     key = template_key(config)
     uid = isolation.lease_uid() if iso.own_uid else None
     cgroups = limits.create(f"template-{key[:16]}", config.memory_mb, use_cgroups=config.use_cgroups)
-    task_root = isolation.TASK_ROOT if iso.enabled else config.code_dir
-    opt_root = None if config.opt_dir is None else isolation.OPT_ROOT if iso.enabled else config.opt_dir
-    site_root = RUNTIME_DIR if iso.enabled else config.python_site
+    task_root, opt_root, site_root = roots_of(config, iso)
 
-    async def launch(extra_env: Mapping[str, str], keep_fd: int, write_fd: int) -> asyncio.subprocess.Process:
-        argv = isolation.sandbox_argv(
-            [config.python, "-S", "-c", snapstart.ZYGOTE_SOURCE, config.handler], iso, code_dir=config.code_dir,
-            opt_dir=config.opt_dir, uid=uid.uid if uid is not None else None,
-            read_only=isolation.python_roots(config.python),
-            binds=site_binds(config.python_site) if iso.enabled else (), tmp_bytes=config.tmp_mb * limits.MIB,
-        )  # fmt: skip
-        env = {
-            **config.runtime_env(0, task_root, opt_root, site_root),
-            **extra_env,
-            snapstart.SITE_ENV: site_root,
-        }
-        return await asyncio.create_subprocess_exec(
-            *cgroups.wrap(argv), cwd=config.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=write_fd,
-            stderr=write_fd, start_new_session=True, pass_fds=(keep_fd,),
-        )  # fmt: skip
+    async def start(extra_env: Mapping[str, str], keep_fd: int, write_fd: int) -> asyncio.subprocess.Process:
+        env = {**config.runtime_env(0, task_root, opt_root, site_root), **extra_env, snapstart.SITE_ENV: site_root}
+        argv = [config.python, "-S", "-c", snapstart.ZYGOTE_SOURCE, config.handler]
+        return await launch(config, iso, argv, uid=None if uid is None else uid.uid, cgroups=cgroups, env=env,
+                            write_fd=write_fd, pass_fds=(keep_fd,))  # fmt: skip
 
     # Lambda gives a SnapStart version's init up to 15 minutes; an agent waits the function's timeout at least.
     return snapstart.Template(
-        key, launch, cgroups=cgroups, uid=uid, sink=sink, init_timeout=max(30.0, config.timeout_seconds)
+        key, start, cgroups=cgroups, uid=uid, sink=sink, init_timeout=max(30.0, config.timeout_seconds)
     )
 
 
@@ -267,17 +293,13 @@ class Sandbox(runtime_api.RuntimeHost):
         self._templates = templates if uses_template(config) else None
         self._restored = False  # this life of the runtime was forked from the version's SnapStart template
         self._provisioned = False  # initialised ahead of any request, for provisioned concurrency
-        self._life_uid: int | None = None  # the uid this life runs as (its template's, when restored)
         self._session = session
         self._sink = sink
         self._isolation = isolation.detect(config.isolation)
         self._uid = isolation.lease_uid() if self._isolation.own_uid else None
-        self._life_uid = self._uid.uid if self._uid is not None else None
-        self._task_root = isolation.TASK_ROOT if self._isolation.enabled else config.code_dir
-        self._opt_root = (
-            None if config.opt_dir is None else isolation.OPT_ROOT if self._isolation.enabled else config.opt_dir
-        )
-        self._site_root = RUNTIME_DIR if self._isolation.enabled else config.python_site
+        # The uid this life of the runtime runs as: its own, or its template's when restored.
+        self._life_uid: int | None = self._uid.uid if self._uid is not None else None
+        self._task_root, self._opt_root, self._site_root = roots_of(config, self._isolation)
         self._cgroups = limits.create(config.instance_id, config.memory_mb, use_cgroups=config.use_cgroups)
         self._freezer: freezer.Freezer = freezer.NoFreezer()  # nothing to freeze yet
         self._api = runtime_api.RuntimeAPIServer(self, admit=self._admit)
@@ -347,18 +369,6 @@ class Sandbox(runtime_api.RuntimeHost):
         sock = transport.get_extra_info("socket")
         return sock is not None and peers.peer_uid(sock) == self._life_uid
 
-    def _site_binds(self) -> tuple[tuple[str, str], ...]:
-        if not (self._isolation.enabled and self.config.runtime.startswith(PYTHON_PREFIX)):
-            return ()
-        return site_binds(self.config.python_site)
-
-    def _runtime_roots(self) -> tuple[str, ...]:
-        """What the runtime's interpreter and client need visible in the sandbox (read-only)."""
-        roots = isolation.python_roots(self.config.python)
-        if self.config.runtime.startswith(NODE_PREFIX) and self.config.node_ric:
-            roots += (os.path.dirname(os.path.realpath(self.config.node_ric)),)  # its node_modules
-        return roots
-
     async def _attach(self) -> external.ExternalRuntime:
         """The external runtime's next life: once its container runs. Its output is its container's log; the
         capture carries only the agent's own START/END/REPORT lines (and the tail returned with LogType=Tail)."""
@@ -393,28 +403,13 @@ class Sandbox(runtime_api.RuntimeHost):
         self._provisioned = initialization_type == naming.PROVISIONED_CONCURRENCY
         read_fd, write_fd = os.pipe()
         self._cgroups.reset_peak()
+        roots = (self._task_root, self._opt_root, self._site_root)
         try:
-            argv = isolation.sandbox_argv(
-                self.config.runtime_argv(self._task_root, self._opt_root, self._site_root),
-                self._isolation,
-                code_dir=self.config.code_dir,
-                opt_dir=self.config.opt_dir,
-                uid=self._uid.uid if self._uid is not None else None,
-                read_only=self._runtime_roots(),
-                binds=self._site_binds(),
-                tmp_bytes=self.config.tmp_mb * limits.MIB,  # the Function's ephemeralStorage
-            )
-            proc = await asyncio.create_subprocess_exec(
-                *self._cgroups.wrap(argv),
-                cwd=self.config.code_dir,
-                env=self.config.runtime_env(
-                    self._port, self._task_root, self._opt_root, self._site_root, initialization_type
-                ),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                start_new_session=True,  # its own process group, so a timeout kills everything it started
-            )
+            proc = await launch(
+                self.config, self._isolation, self.config.runtime_argv(*roots),
+                uid=self._uid.uid if self._uid is not None else None, cgroups=self._cgroups, write_fd=write_fd,
+                env=self.config.runtime_env(self._port, *roots, initialization_type),
+            )  # fmt: skip
         finally:
             os.close(write_fd)
         self._new_life(proc.pid, read_fd, time.monotonic(), restored=False)

@@ -280,6 +280,14 @@ class Template:
             self._uid.release()
 
 
+def _died(task: asyncio.Task[Template]) -> bool:
+    """A template that had initialised and whose process is gone since."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return False
+    template = task.result()
+    return not template.alive and template.failure is None
+
+
 class Templates:
     """The agent's templates, one per version configuration (`key`), each started once by whoever needs it first
     (a sandbox, or the local backend's `prepare` when the version is published) and shared by its sandboxes."""
@@ -292,8 +300,7 @@ class Templates:
     async def get(self, config: Any) -> Template:
         key = self._key(config)
         task = self._templates.get(key)
-        if task is None or (task.done() and not task.cancelled() and task.exception() is None
-                            and not task.result().alive and task.result().failure is None):  # fmt: skip
+        if task is None or _died(task):
             # None yet, or one that was alive and is gone (its process died): make one afresh. A template whose
             # init failed stays: every sandbox of that version inits on demand, without trying it again.
             task = asyncio.create_task(self._start(config), name=f"template-{key[:12]}")
