@@ -87,6 +87,7 @@ class Instance:
     # never retired for idleness while the version's provisioned concurrency wants them (provisioning.py).
     kind: str = naming.ON_DEMAND
     initialised: bool = False  # its runtime has asked for work at least once
+    stopping: bool = False  # sent Stop (not merely moved to another replica): its end frees its place (`ended`)
 
     @property
     def provisioned(self) -> bool:
@@ -108,6 +109,8 @@ class PoolSnapshot:
     requested: int = 0  # the version's provisioned concurrency
     allocated: int = 0  # provisioned instances whose runtime has initialised
     available: int = 0  # of those, the ones not stalled
+    instances: tuple[str, ...] = ()  # every connected instance (retiring ones too, until their stream ends)
+    live: tuple[str, ...] = ()  # of those, the ones not retiring (which can be asked to spawn: packing.py)
 
     @property
     def active(self) -> int:
@@ -127,6 +130,7 @@ class Pool:
         self._starting: dict[str, float] = {}  # asked of the backend, not yet connected: id -> monotonic time asked
         self._busy = 0
         self._requested = 0  # provisioned concurrency (the scaler's `provision`)
+        self._ended: list[str] = []  # instances that were stopped and whose stream has ended (the scaler's `ended`)
 
     def _provisioned(self) -> list[Instance]:
         return [i for i in self._instances.values() if i.provisioned]
@@ -146,6 +150,8 @@ class Pool:
             requested=self._requested,
             allocated=len(allocated),
             available=sum(1 for i in allocated if i.stalled_since is None),
+            instances=tuple(self._instances),
+            live=tuple(i.id for i in self._instances.values() if not i.retired),
         )
 
 
@@ -254,6 +260,33 @@ class Dispatcher:
         for instance in extra:
             instance.kind = naming.ON_DEMAND
 
+    async def spawn(self, key: tuple[str, str], via: str, instance_ids: tuple[str, ...], now: float) -> bool:
+        """Ask the pod of instance `via` to start sandboxes `instance_ids` beside it (packed sandboxes); they count
+        as starting until they connect. False if `via` is gone or retiring (nothing was asked)."""
+        pool = self._pools.get(key)
+        instance = None if pool is None else pool._instances.get(via)
+        if pool is None or instance is None or instance.retired:
+            return False
+        # Expected before the message goes: a sandbox that connects first must not take a placeholder's place.
+        pool._starting.update(dict.fromkeys(instance_ids, now))
+        try:
+            await instance.send(pb.GatewayMessage(spawn=pb.Spawn(instance_ids=instance_ids)))
+        except Exception as exc:  # its stream is gone: disconnect() cleans up, the scaler places them again
+            log.info("spawn through %s not delivered: %s", via, exc)
+            for instance_id in instance_ids:
+                pool._starting.pop(instance_id, None)
+            return False
+        return True
+
+    def ended(self, key: tuple[str, str]) -> list[str]:
+        """Instances stopped since the last call (for idleness, or unresponsive) whose stream has ended: what they
+        held (a pod, once none of its sandboxes is left) can be freed now. Each is reported once."""
+        pool = self._pools.get(key)
+        if pool is None:
+            return []
+        ended, pool._ended = pool._ended, []
+        return ended
+
     async def retire_idle(self, key: tuple[str, str], instance_id: str, reason: str) -> bool:
         """Stop a connected idle (or stalled) instance; False if there is none such (it picked up work)."""
         pool = self._pools.get(key)
@@ -358,6 +391,10 @@ class Dispatcher:
         elif claimed in (None, naming.PROVISIONED_CONCURRENCY) and wants_provisioned:
             instance.kind = naming.PROVISIONED_CONCURRENCY
         pool._instances[instance_id] = instance
+        if pool._pending:
+            # Work still waits: the scaler may now spawn into this instance's pod (packed sandboxes) rather than
+            # wait for its tick.
+            self._on_demand(version.key)
         return instance
 
     async def ready(self, instance: Instance) -> None:
@@ -415,6 +452,9 @@ class Dispatcher:
         pool = instance.pool
         if pool._instances.get(instance.id) is instance:
             del pool._instances[instance.id]
+            if instance.stopping:
+                pool._ended.append(instance.id)
+                self._on_demand(pool.version.key)  # the scaler frees what it held without waiting for its tick
         if instance in pool._idle:
             pool._idle.remove(instance)
         instance.retired = True
@@ -439,6 +479,7 @@ class Dispatcher:
         elif not busy_ok and not (instance.busy is None and instance.stalled_since is not None):
             return False
         instance.retired = True
+        instance.stopping = True
         try:
             await instance.send(pb.GatewayMessage(stop=pb.Stop(reason=reason)))
         except Exception as exc:  # the stream is already gone; disconnect() will clean up

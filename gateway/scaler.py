@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from . import scaling
+from . import packing, scaling
 from .backends import Backend
 from .dispatching import Dispatcher, PoolSnapshot
 from .metrics import Metrics
@@ -118,6 +118,7 @@ class Scaler:
         for snapshot in self._dispatcher.snapshots():
             version = snapshot.version
             key = version.key
+            ended = self._dispatcher.ended(key)  # stopped instances whose streams have ended since the last step
             if not self._owned(version.function):
                 self._adopted.discard(key)  # adopted afresh if it comes back
                 continue
@@ -132,16 +133,36 @@ class Scaler:
             policy = policy_for(version, self._gateway_cap, snapshot.requested)
             decision = scaling.decide(state_of(snapshot), policy, now)
             labels = (version.spec.name, version.version)
+            slots = self._backend.slots(version)
             if decision.start:
-                ids = await self._backend.start_instances(version, decision.start)
-                self._dispatcher.expect(key, ids, now)
-                self._metrics.instances_started.labels(*labels).inc(len(ids))
-            stopped: list[str] = []
+                await self._start(snapshot, decision.start, slots, now)
+            retired = 0
             for instance_id in decision.stop:
                 if await self._dispatcher.retire_idle(key, instance_id, "idle"):
-                    stopped.append(instance_id)
+                    retired += 1  # sent Stop: what it holds is freed once its stream has ended (`ended`)
                 elif self._dispatcher.withdraw(key, instance_id):
-                    stopped.append(instance_id)  # asked for, never came: withdraw it
-            if stopped:
-                await self._backend.stop_instances(version, stopped)
-                self._metrics.instances_stopped.labels(*labels).inc(len(stopped))
+                    ended.append(instance_id)  # asked for, never came: withdrawn, freed now
+                    retired += 1
+            if ended:
+                after = self._dispatcher.snapshot(key) or snapshot
+                left = {*after.instances, *(i for i, _ in after.starting)} - set(ended)
+                freed = packing.released(ended, left, slots)
+                if freed:
+                    await self._backend.stop_instances(version, freed)
+            if retired:
+                self._metrics.instances_stopped.labels(*labels).inc(retired)
+
+    async def _start(self, snapshot: PoolSnapshot, count: int, slots: int, now: float) -> None:
+        """`count` more instances: spawned into running pods with free slots first, new pods for the rest."""
+        version = snapshot.version
+        starting = [i for i, _ in snapshot.starting]
+        placement = packing.place(count, slots, snapshot.instances, snapshot.live, starting)
+        started = 0
+        for via, instance_ids in placement.spawns:
+            if await self._dispatcher.spawn(version.key, via, instance_ids, now):
+                started += len(instance_ids)
+        if placement.new_pods:
+            ids = await self._backend.start_instances(version, placement.new_pods)
+            self._dispatcher.expect(version.key, ids, now)
+            started += len(ids)
+        self._metrics.instances_started.labels(version.spec.name, version.version).inc(started)

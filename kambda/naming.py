@@ -78,3 +78,22 @@ OWNER_METADATA = "kambda-owner"
 # metadata below), the agent starts the runtime with it, and says it again on a reconnect.
 ON_DEMAND, PROVISIONED_CONCURRENCY, SNAP_START = "on-demand", "provisioned-concurrency", "snap-start"
 INITIALIZATION_TYPE_METADATA = "kambda-initialization-type"
+
+# Packed sandboxes (Kubernetes): a function pod hosts several sandboxes of its version. The first is named after its
+# pod, so a pod of one sandbox is the instance it always was; the n-th after it is `{pod}.{n}` (Deployment pod names
+# never contain a dot).
+SLOT_SEPARATOR = "."
+
+
+def sandbox_id(pod: str, slot: int) -> str:
+    return pod if slot == 0 else f"{pod}{SLOT_SEPARATOR}{slot}"
+
+
+def pod_of(instance_id: str) -> str:
+    return instance_id.split(SLOT_SEPARATOR, 1)[0]
+
+
+def slot_of(instance_id: str) -> int:
+    """The slot an instance id names; -1 for one that is not a sandbox id (a placeholder's)."""
+    _, _, slot = instance_id.partition(SLOT_SEPARATOR)
+    return int(slot) if slot.isdigit() else (0 if not slot else -1)

@@ -44,6 +44,11 @@ VERSIONED_FIELDS = (
     "runtime", "handler", "code", "memoryMB", "timeoutSeconds", "environment", "secretEnvironment",
     "serviceAccountName", "network", "layers", "imageConfig", "logging", "ephemeralStorage", "snapStart",
 )  # fmt: skip
+# Packed sandboxes (Kubernetes): a function pod hosts up to this many sandboxes of its version. Unless the Function
+# says, as many as fit in POD_MEMORY_BUDGET_MB (8 of 128 MB, 2 of 512 MB, 1 from 1,024 MB up).
+SANDBOXES_PER_POD = (1, 64)
+POD_MEMORY_BUDGET_MB = 1024
+MAX_DEFAULT_SLOTS = 8
 SNAP_START_APPLY_ON = ("PublishedVersions", "None")  # Lambda's SnapStart.ApplyOn
 MAX_LAYERS = 5  # Lambda's limit per function
 MAX_TAGS = 50
@@ -139,6 +144,7 @@ class Scaling:
     idle_seconds: float = 300.0  # an instance without work for this long is stopped (scale to zero)
     max_instances: int | None = None  # cap when no reserved concurrency is set
     burst: int = 1000  # at most this many instances started in one scaling step
+    sandboxes_per_pod: int | None = None  # on Kubernetes: slots of a function pod (None: from memory, slots_per_pod)
 
 
 @dataclass(frozen=True)
@@ -296,6 +302,7 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
     idle = r.number(scal, "idleSeconds", "spec.scaling", 0)
     max_instances = r.integer(scal, "maxInstances", "spec.scaling", (1, None))
     burst = r.integer(scal, "burst", "spec.scaling", (1, None))
+    per_pod = r.integer(scal, "sandboxesPerPod", "spec.scaling", SANDBOXES_PER_POD)
 
     asy = r.mapping(spec, "async", "spec")
     retries = r.integer(asy, "maxRetryAttempts", "spec.async", MAX_RETRY_ATTEMPTS)
@@ -345,6 +352,7 @@ def parse_function(manifest: Mapping[str, Any], *, default_namespace: str = "def
             idle_seconds=300.0 if idle is None else idle,
             max_instances=max_instances,
             burst=burst or 1000,
+            sandboxes_per_pod=per_pod,
         ),
         async_config=AsyncConfig(
             max_retry_attempts=2 if retries is None else retries,
@@ -561,3 +569,14 @@ def version_spec(function_spec: Mapping[str, Any], snapshot: Mapping[str, Any]) 
     versioned field from the version's snapshot only (a field added in a later version must not leak into it)."""
     shared = {k: v for k, v in function_spec.items() if k not in VERSIONED_FIELDS}
     return {**shared, **snapshot}
+
+
+def slots_per_pod(fn: FunctionSpec) -> int:
+    """How many sandboxes of a version one function pod hosts (Kubernetes). An image function's runtime is its own
+    container, with one Runtime API port: one per pod. Otherwise the Function's `sandboxesPerPod`, else as many of
+    its memory size as fit in POD_MEMORY_BUDGET_MB, at most MAX_DEFAULT_SLOTS."""
+    if fn.code.image is not None:
+        return 1
+    if fn.scaling.sandboxes_per_pod is not None:
+        return fn.scaling.sandboxes_per_pod
+    return max(1, min(MAX_DEFAULT_SLOTS, POD_MEMORY_BUDGET_MB // fn.memory_mb))

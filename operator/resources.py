@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kambda import credentials, logconfig, naming
-from kambda.specs import DEFAULT_IMAGE_RUNTIMES, VERSIONED_FIELDS, FunctionSpec, image_runtimes
+from kambda.specs import DEFAULT_IMAGE_RUNTIMES, VERSIONED_FIELDS, FunctionSpec, image_runtimes, slots_per_pod
 
 LABEL_FUNCTION = naming.FUNCTION_LABEL
 LABEL_VERSION = "kambda.dev/version"
@@ -184,10 +184,15 @@ def needs_code_store(fn: FunctionSpec) -> bool:
 
 def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     labels = {LABEL_FUNCTION: fn.name, LABEL_VERSION: version, LABEL_COMPONENT: "function"}
+    slots = slots_per_pod(fn)
     memory = f"{fn.memory_mb + AGENT_MEMORY_MB}Mi"
+    # Packed sandboxes: the limit holds every slot; the request is what the pod needs with its first sandbox, so a
+    # pod of 8 slots does not reserve 8 sandboxes' memory on the node before the gateway has spawned them.
+    memory_limit = f"{fn.memory_mb * slots + AGENT_MEMORY_MB}Mi"
     cpu = f"{max(50, round(fn.memory_mb * MILLICPU_PER_MB))}m"
     env: list[dict[str, Any]] = [
         {"name": "KAMBDA_GATEWAY", "value": settings.gateway_address},
+        {"name": "KAMBDA_SLOTS", "value": str(slots)},
         {"name": "KAMBDA_SANDBOX", "value": json.dumps(sandbox_config(fn, version, settings), sort_keys=True)},
         {
             "name": "KAMBDA_CREDENTIAL",
@@ -220,7 +225,7 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
                 # CPU is requested in proportion to memory (Lambda's 1,769 MB = 1 vCPU), so under contention shares
                 # follow memory, but it is not capped: a 128 MB function capped at 72 millicores would spend
                 # seconds importing its runtime and the agent (Lambda itself does not throttle INIT either).
-                "resources": {"requests": {"memory": memory, "cpu": cpu}, "limits": {"memory": memory}},
+                "resources": {"requests": {"memory": memory, "cpu": cpu}, "limits": {"memory": memory_limit}},
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
                     "readOnlyRootFilesystem": True,

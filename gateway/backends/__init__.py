@@ -28,8 +28,14 @@ class Backend(Protocol):
         the scaler counts as starting until they connect."""
         ...
 
+    def slots(self, version: FunctionVersion) -> int:
+        """How many instances of `version` one unit the backend starts hosts (packing.py): a Kubernetes pod hosts
+        `specs.slots_per_pod`; further ones are spawned into it over a sandbox's stream. The local backend: 1."""
+        ...
+
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
-        """Start `count` instances; returns their ids. They connect to the gateway when their runtime is up."""
+        """Start `count` units (pods; local: instances); returns the ids of their first instances (placeholders
+        where they cannot be named in advance). They connect to the gateway when their runtime is up."""
         ...
 
     async def prepare(self, version: FunctionVersion) -> None:
@@ -42,7 +48,8 @@ class Backend(Protocol):
         ...
 
     async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
-        """Retired by the scaler: idle ones were already sent Stop on their stream; others never connected."""
+        """Units freed by the scaler (pods none of whose sandboxes is left; local: instances): idle instances were
+        already sent Stop on their stream; others never connected."""
         ...
 
     async def close(self) -> None: ...

@@ -1,9 +1,11 @@
-"""The Kubernetes backend: a version's instances are the pods of its Deployment (`<function>-v<version>`, created
-by the operator at 0 replicas). The gateway changes only `replicas`, through the scale subresource.
+"""The Kubernetes backend: a version's instances are the sandboxes in the pods of its Deployment
+(`<function>-v<version>`, created by the operator at 0 replicas). The gateway changes only `replicas`, through the
+scale subresource. A pod hosts up to `slots` sandboxes (packed sandboxes): the scaler spawns more into a running pod
+over a sandbox's stream (`packing.py`) and asks this backend for pods only when they are full.
 
 Pods cannot be named in advance, so started instances are placeholders until a pod's agent connects (the
-dispatcher then retires the oldest placeholder). Retiring an idle instance deletes that pod and lowers `replicas`
-by one, so the ReplicaSet does not pick a busy pod instead.
+dispatcher then retires the oldest placeholder). Freeing a pod (its last sandbox retired) deletes that pod and
+lowers `replicas` by one, so the ReplicaSet does not pick a busy pod instead.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kambda.specs import image_runtimes
+from kambda.specs import image_runtimes, slots_per_pod
 
 from ..registry import FunctionVersion
 from . import OnGone
@@ -72,6 +74,10 @@ class KubernetesBackend:
                 return []
             raise
         return [f"{PLACEHOLDER}{uuid.uuid4().hex[:12]}" for _ in range(scale.spec.replicas or 0)]
+
+    def slots(self, version: FunctionVersion) -> int:
+        """The sandboxes one pod of the version hosts: the operator sized its memory limit for as many."""
+        return slots_per_pod(version.spec)
 
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
         await self._scale_by(version, count)

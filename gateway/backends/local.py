@@ -145,6 +145,10 @@ class LocalBackend:
         proc.stdin.write(json.dumps({"op": op, "sandbox": self._sandbox(version, "template")}).encode() + b"\n")
         await proc.stdin.drain()
 
+    def slots(self, version: FunctionVersion) -> int:
+        """Every instance is its own start here: a runtime under the warm agent is already a process start."""
+        return 1
+
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
         proc = await self._ensure_agent()
         assert proc.stdin is not None

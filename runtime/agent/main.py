@@ -1,9 +1,10 @@
 """Process entry points of the agent.
 
-- `run_single`: a pod's agent. One sandbox, configured by the `KAMBDA_SANDBOX` JSON the operator writes into the
-  pod spec and the credential in `KAMBDA_CREDENTIAL` (or the file `KAMBDA_CREDENTIAL_FILE`). Exits on SIGTERM;
-  exits 1 if the gateway rejects it (a visible crash loop); when the gateway retires it, it stops its runtime and
-  waits for the pod's deletion rather than exiting into a restart.
+- `run_single`: a pod's agent. Its first sandbox is configured by the `KAMBDA_SANDBOX` JSON the operator writes
+  into the pod spec and the credential in `KAMBDA_CREDENTIAL` (or the file `KAMBDA_CREDENTIAL_FILE`); the gateway
+  spawns more beside it, up to `KAMBDA_SLOTS` (packed sandboxes, `Pod`). Exits on SIGTERM; exits 1 if the gateway
+  rejects it or none of its sandboxes can reach it (a visible crash loop); when the gateway has retired all of its
+  sandboxes, it waits for the pod's deletion rather than exiting into a restart.
 - `run_supervisor`: the local backend's pre-started agent. Hosts many sandboxes in one warm process, so that a
   cold start spawns only the runtime, never another interpreter that imports grpc. The gateway drives
   it with JSON lines on stdin (`{"op": "start", "sandbox": {...}, "credential": "..."}`); it reports each
@@ -15,16 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from grpc import aio
 
+from kambda import naming
 from kambda.naming import CODE_REFUSED
 
 from . import code, isolation, limits, snapstart
@@ -79,8 +82,16 @@ def templates_for(sink: Any) -> snapstart.Templates:
     return snapstart.Templates(lambda config: make_template(config, sink), template_key)
 
 
+Spawn = Callable[[list[str]], None]
+
+
 async def _start_sandbox(
-    channel: aio.Channel, config: SandboxConfig, credential: str, sink: Any, templates: snapstart.Templates
+    channel: aio.Channel,
+    config: SandboxConfig,
+    credential: str,
+    sink: Any,
+    templates: snapstart.Templates,
+    on_spawn: Spawn | None = None,
 ) -> tuple[Sandbox, Session, asyncio.Task[None]]:
     identity = Identity(config.function, config.version, config.instance_id, credential)
     holder: list[Sandbox] = []
@@ -90,7 +101,7 @@ async def _start_sandbox(
         if holder:
             asyncio.get_running_loop().create_task(holder[0].stop())
 
-    session = Session(channel, identity, on_stop=on_stop, dial=dial)
+    session = Session(channel, identity, on_stop=on_stop, dial=dial, on_spawn=on_spawn)
     sandbox = Sandbox(config, session, sink, templates)
     holder.append(sandbox)
     try:
@@ -110,12 +121,105 @@ async def _start_sandbox(
     return sandbox, session, task
 
 
+class Pod:
+    """The sandboxes of one function pod (packed sandboxes): the first starts with the pod, the gateway asks for
+    more on any sandbox's stream (Spawn), up to `slots`. Each is its own runtime with its own Runtime API and
+    stream, one invocation at a time; they share the pod's code, its SnapStart template and its memory limit."""
+
+    def __init__(self, channel: aio.Channel, base: SandboxConfig, credential: str, slots: int, sink: Any) -> None:
+        self._channel = channel
+        # Spawned sandboxes find the code (and layers) the first one fetched and verified in the pod's volume.
+        self._spawned_config = dataclasses.replace(base, code_url=None, code_store=None)
+        self._base = base
+        self._credential = credential
+        self._slots = slots
+        self._sink = sink
+        self.templates = templates_for(sink)
+        self._sandboxes: dict[str, tuple[Sandbox, Session, asyncio.Task[None]]] = {}
+        self._starting: set[asyncio.Task[None]] = set()
+        self.changed = asyncio.Event()  # a sandbox came or went
+        self.last_failure: str | None = None  # why the sandbox that went last went, unless the gateway stopped it
+        self.pod = naming.pod_of(base.instance_id)
+
+    async def start_first(self) -> tuple[Sandbox, Session, asyncio.Task[None]]:
+        first = await _start_sandbox(
+            self._channel, self._base, self._credential, self._sink, self.templates, self.spawn
+        )
+        self._add(self._base.instance_id, first)
+        return first
+
+    def _add(self, instance_id: str, started: tuple[Sandbox, Session, asyncio.Task[None]]) -> None:
+        self._sandboxes[instance_id] = started
+        sandbox = started[0]
+
+        def gone(_: object) -> None:
+            if self._sandboxes.get(instance_id) is started:
+                del self._sandboxes[instance_id]
+            self.last_failure = _failed(started[1], started[2])
+            self.changed.set()
+
+        sandbox_stopped = asyncio.ensure_future(sandbox.stopped.wait())
+        sandbox_stopped.add_done_callback(gone)
+        self.changed.set()
+
+    def spawn(self, instance_ids: list[str]) -> None:
+        """The gateway's Spawn: start these sandboxes beside the others (ids of this pod's free slots only)."""
+        for instance_id in instance_ids:
+            slot = naming.slot_of(instance_id)
+            if naming.pod_of(instance_id) != self.pod or not 0 <= slot < self._slots:
+                log.warning("spawn of %s refused: not a slot of pod %s (%d slots)", instance_id, self.pod, self._slots)
+                continue
+            task = asyncio.create_task(self._spawn_one(instance_id), name=f"spawn-{instance_id}")
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _spawn_one(self, instance_id: str) -> None:
+        previous = self._sandboxes.get(instance_id)
+        if previous is not None:
+            await previous[0].stopped.wait()  # a retired one still stopping: its slot is free once it has
+        config = dataclasses.replace(self._spawned_config, instance_id=instance_id)
+        try:
+            started = await _start_sandbox(
+                self._channel, config, self._credential, self._sink, self.templates, self.spawn
+            )
+        except Exception:  # the gateway withdraws it when it never connects; the others carry on
+            log.exception("sandbox %s did not start", instance_id)
+            return
+        self._add(instance_id, started)
+
+    @property
+    def sandboxes(self) -> list[tuple[Sandbox, Session, asyncio.Task[None]]]:
+        return list(self._sandboxes.values())
+
+    async def close(self) -> None:
+        for task in list(self._starting):
+            task.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        running = self.sandboxes
+        await asyncio.gather(*(sandbox.stop() for sandbox, _, _ in running), return_exceptions=True)
+        for _, _, task in running:
+            task.cancel()
+        await asyncio.gather(*(task for _, _, task in running), return_exceptions=True)
+        await self.templates.close()
+
+
+def _failed(session: Session, task: asyncio.Task[None]) -> str | None:
+    """Why a sandbox's session ended for good other than by the gateway's Stop, or None."""
+    if session.failure is not None:
+        return str(session.failure)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        return f"the gateway session failed: {task.exception()!r}"
+    return None
+
+
 async def run_single(gateway: str) -> int:
+    """A pod's agent: its first sandbox, and those the gateway spawns beside it (KAMBDA_SLOTS in all)."""
     config = config_from_json(json.loads(os.environ["KAMBDA_SANDBOX"]))
     credential = os.environ.get("KAMBDA_CREDENTIAL", "")
     if not credential and os.environ.get("KAMBDA_CREDENTIAL_FILE"):
         with open(os.environ["KAMBDA_CREDENTIAL_FILE"]) as f:
             credential = f.read().strip()
+    slots = max(1, int(os.environ.get("KAMBDA_SLOTS", "1") or 1))
     out = sys.stdout.buffer
 
     def sink(data: bytes) -> None:
@@ -126,34 +230,41 @@ async def run_single(gateway: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, terminate.set)
-    templates = templates_for(sink)
     async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
+        pod = Pod(channel, config, credential, slots, sink)
         try:
-            sandbox, session, session_task = await _start_sandbox(channel, config, credential, sink, templates)
+            await pod.start_first()
         except code.CodeError as exc:
             # Nothing of the function ran. Exiting makes the pod crash-loop visibly, with the reason on it.
             log.error("refusing the code: %s", exc)
             _last_words(CODE_REFUSED, str(exc))
+            await pod.close()
             return 1
         if config.code_sha256:
             log.info("code %s verified (sha256) and unpacked into %s", config.code_sha256, config.code_dir)
-        stopped = asyncio.create_task(sandbox.stopped.wait())
+        failure: str | None = None
         terminated = asyncio.create_task(terminate.wait())
-        await asyncio.wait((stopped, terminated, session_task), return_when=asyncio.FIRST_COMPLETED)
-        if session.failure is not None:
-            log.error("%s", session.failure)
-            return 1  # a pod the gateway refuses should crash-loop visibly, not sit idle
-        if session_task.done() and not session_task.cancelled() and session_task.exception() is not None:
-            # Never an agent that is alive but can no longer reach the gateway: exit, and the kubelet restarts it.
-            log.error("the gateway session failed", exc_info=session_task.exception())
+        while not terminate.is_set():
+            running = pod.sandboxes
+            if not running:
+                if pod.last_failure is not None:
+                    # Never an agent that is alive but can no longer reach the gateway (or that it refuses): exit,
+                    # and the kubelet restarts it (a refused pod crash-loops visibly).
+                    failure = pod.last_failure
+                    break
+                # Every sandbox retired by the gateway: it deletes this pod; exiting would make the kubelet
+                # restart it.
+                await terminate.wait()
+                break
+            pod.changed.clear()
+            changed = asyncio.create_task(pod.changed.wait())
+            await asyncio.wait((changed, terminated), return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+        await pod.close()
+        terminated.cancel()
+        if failure is not None:
+            log.error("%s", failure)
             return 1
-        if not terminate.is_set():
-            # Retired by the gateway: it deletes this pod; exiting would only make the kubelet restart it.
-            await terminate.wait()
-        await sandbox.stop()
-        await templates.close()
-        session_task.cancel()
-        await asyncio.gather(session_task, stopped, terminated, return_exceptions=True)
     return 0
 
 

@@ -67,8 +67,15 @@ Dial = Callable[[str], aio.Channel]
 
 class Session:
     def __init__(
-        self, channel: aio.Channel, identity: Identity, *, on_stop: Callable[[str], None], dial: Dial | None = None
+        self,
+        channel: aio.Channel,
+        identity: Identity,
+        *,
+        on_stop: Callable[[str], None],
+        dial: Dial | None = None,
+        on_spawn: Callable[[list[str]], None] | None = None,
     ) -> None:
+        self._on_spawn = on_spawn  # the pod's: the gateway asks for more sandboxes beside this one
         self._home = pb_grpc.RuntimeInterfaceStub(channel)  # type: ignore[no-untyped-call]
         self._dial = dial or aio.insecure_channel
         self._redirected: tuple[str, aio.Channel, pb_grpc.RuntimeInterfaceStub] | None = None
@@ -192,6 +199,11 @@ class Session:
                 self._waiter.set_result(invocation)
                 return
             self._keep(invocation)
+        elif kind == "spawn":
+            if self._on_spawn is None:
+                log.warning("%s: spawn asked of an agent that hosts no more sandboxes", self._identity.instance_id)
+            else:
+                self._on_spawn(list(message.spawn.instance_ids))
         elif kind == "stop":
             self._closed = True
             self._wake_closed()

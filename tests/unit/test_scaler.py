@@ -15,7 +15,8 @@ from tests.unit.test_dispatching import ManualClock, Stream, invocation, version
 class RecordingBackend:
     name = "recording"
 
-    def __init__(self, running: int = 0) -> None:
+    def __init__(self, running: int = 0, slots: int = 1) -> None:
+        self._slots = slots
         self.started: list[int] = []
         self.stopped: list[list[str]] = []
         self.adopted: list[str] = []
@@ -32,6 +33,9 @@ class RecordingBackend:
         self.adopted.append(version.version)
         return [f"left-{i}" for i in range(self._running)]
 
+    def slots(self, version: FunctionVersion) -> int:
+        return self._slots
+
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
         self.started.append(count)
         self._ids += count
@@ -44,10 +48,12 @@ class RecordingBackend:
         pass
 
 
-def setup(owned: bool = True, running: int = 0) -> tuple[Dispatcher, Scaler, RecordingBackend, ManualClock, list[bool]]:
+def setup(
+    owned: bool = True, running: int = 0, slots: int = 1
+) -> tuple[Dispatcher, Scaler, RecordingBackend, ManualClock, list[bool]]:
     clock = ManualClock()
     ownership = [owned]
-    backend = RecordingBackend(running)
+    backend = RecordingBackend(running, slots)
     dispatcher = Dispatcher(on_demand=lambda key: None, clock=clock)
     scaler = Scaler(dispatcher, backend, Metrics(), gateway_cap=100, owned=lambda function: ownership[0],
                     clock=clock.now)  # fmt: skip
@@ -75,7 +81,10 @@ async def test_work_waiting_starts_one_instance_and_the_idle_window_stops_it() -
     assert backend.stopped == []  # kept warm for its idle window
     await clock.advance(1)
     await scaler.reconcile(clock.now())
-    assert backend.stopped == [["new-1"]] and stream.written[-1].HasField("stop")
+    assert backend.stopped == [] and stream.written[-1].HasField("stop")  # asked to stop, still stopping
+    dispatcher.disconnect(instance)  # its stream ended: the agent stopped it
+    await scaler.reconcile(clock.now())
+    assert backend.stopped == [["new-1"]]  # only now is what it ran in freed (on Kubernetes: its pod deleted)
 
 
 async def test_an_instance_that_never_comes_is_withdrawn_after_the_idle_window() -> None:
@@ -107,3 +116,49 @@ async def test_a_version_another_replica_owns_is_left_alone_and_adopted_when_it_
     ownership[0] = True
     await scaler.reconcile(clock.now())
     assert backend.adopted == ["$LATEST", "$LATEST"]  # each time it comes back, looked at afresh
+
+
+async def test_packed_pods_spawn_into_running_pods_and_are_freed_only_when_empty() -> None:
+    dispatcher, scaler, backend, clock, _ = setup(slots=4)
+    fv = version()
+    for i in range(6):
+        await dispatcher.submit(fv, invocation(f"r{i}"))
+    await scaler.reconcile(clock.now())
+    assert backend.started == [2]  # 6 sandboxes in pods of 4: two pods, not six
+    await scaler.reconcile(clock.now())
+    assert backend.started == [2]  # the pods on their way bring 3 more each: no third pod
+    stream = Stream()
+    first = dispatcher.connect(fv, "pod-a", stream.send)  # a pod's first sandbox is named after its pod
+    await dispatcher.ready(first)
+    await scaler.reconcile(clock.now())
+    spawns = [m.spawn for m in stream.written if m.HasField("spawn")]
+    assert [list(s.instance_ids) for s in spawns] == [["pod-a.1", "pod-a.2", "pod-a.3"]]
+    assert backend.started == [2]  # still no pod beyond the two
+    snapshot = dispatcher.snapshot(fv.key)
+    assert snapshot is not None and {"pod-a.1", "pod-a.2", "pod-a.3"} <= {i for i, _ in snapshot.starting}
+    streams = {}
+    for slot in (1, 2, 3):
+        streams[slot] = Stream()
+        await dispatcher.ready(dispatcher.connect(fv, f"pod-a.{slot}", streams[slot].send))
+    pool = dispatcher.pool(fv)
+    while any(i.busy for i in pool._instances.values()):  # every invocation answered, the six of them
+        for instance in [i for i in pool._instances.values() if i.busy]:
+            dispatcher.finish(instance, Outcome(b"{}", None))
+            await dispatcher.ready(instance)
+    dispatcher.disconnect(pool._instances["pod-a.3"])  # its stream ended on its own (not stopped): no pod freed
+    await scaler.reconcile(clock.now())
+    assert backend.stopped == []
+    await clock.advance(fv.spec.scaling.idle_seconds)
+    await scaler.reconcile(clock.now())  # the idle window passed: its sandboxes are sent Stop
+    assert all(streams[slot].written[-1].HasField("stop") for slot in (1, 2))
+    assert stream.written[-1].HasField("stop")
+    assert backend.stopped == [["new-1"]]  # the pod that never came is withdrawn; pod-a waits for its sandboxes
+    for instance_id in ("pod-a.1", "pod-a"):
+        dispatcher.disconnect(pool._instances[instance_id])
+    await scaler.reconcile(clock.now())
+    assert backend.stopped == [["new-1"]]  # pod-a.2 has not ended yet: the pod still hosts it
+    dispatcher.disconnect(pool._instances["pod-a.2"])
+    await scaler.reconcile(clock.now())
+    assert backend.stopped == [["new-1"], ["pod-a"]]  # the last sandbox ended: the pod is freed, once
+    await scaler.reconcile(clock.now())
+    assert backend.stopped == [["new-1"], ["pod-a"]]
