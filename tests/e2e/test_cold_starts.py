@@ -1,16 +1,20 @@
 """Cold starts on the real node, through the helm-installed platform: SnapStart (a pod's sandboxes restored from the
-version's template, made when the pod starts) and provisioned concurrency (pods initialised before any request,
-through the Lambda API, their status READY)."""
+version's template, made when the pod starts), provisioned concurrency (pods initialised before any request,
+through the Lambda API, their status READY) and packed sandboxes (a burst is served by a few pods of many
+sandboxes, each pod started once, and scale-in retires the sandboxes, then the empty pods)."""
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import math
 import re
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
-from tests.e2e.conftest import Platform
+from tests.e2e.conftest import Platform, peak_during
 from tests.integration.test_control_plane import ROLE
 from tests.integration.test_provisioned import package
 from tests.kube import eventually
@@ -96,7 +100,8 @@ def test_provisioned_concurrency_through_the_api(platform: Platform) -> None:
         ready["AllocatedProvisionedConcurrentExecutions"] == 2
         and ready["RequestedProvisionedConcurrentExecutions"] == 2
     )
-    assert len(platform.pods("warm", "1")) == 2 and platform.replicas("warm", "1") == 2
+    # Packed: the two sandboxes (128 MB, 8 to a pod) are one pod's.
+    assert len(platform.pods("warm", "1")) == 1 and platform.replicas("warm", "1") == 1
     # Two concurrent requests find initialised environments; the pods ran before any request.
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: invoke(platform, "warm", {}, "1"), range(2)))
@@ -107,3 +112,70 @@ def test_provisioned_concurrency_through_the_api(platform: Platform) -> None:
     lam.delete_provisioned_concurrency_config(FunctionName="warm", Qualifier="1")
     fn = platform.kube.get("function", "warm", platform.namespace) or {}
     assert "provisionedConfigs" not in (fn["spec"].get("concurrency") or {})
+
+
+PACKED = """\
+import os, time
+
+def handler(event, context):
+    started = time.time()
+    time.sleep(event["sleep"])
+    return {"pod": os.environ["HOSTNAME"], "pid": os.getpid(), "started": started, "ended": time.time()}
+"""
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def test_a_burst_from_zero_is_served_by_packed_pods_each_started_once(platform: Platform) -> None:
+    # 128 MB: 8 sandboxes to a pod. Reserved 40, so all 40 are admitted at once.
+    spec = {"concurrency": {"reserved": 40}, "scaling": {"idleSeconds": 15}, "timeoutSeconds": 60}
+    platform.apply(function_manifest("packed", PACKED, **spec))
+    assert eventually(lambda: platform.ready("packed", "1"), timeout=60), platform.operator_logs()
+    platform.wait_served("packed")
+    assert platform.replicas("packed", "1") == 0 and not platform.pods("packed")  # from zero
+    deployment = platform.kube.get("deployment", "packed-v1", platform.namespace) or {}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    slots = int(next(e["value"] for e in container["env"] if e["name"] == "KAMBDA_SLOTS"))
+    assert slots == 8 and container["resources"]["limits"]["memory"] == f"{8 * 128 + 64}Mi"
+    seen: dict[str, dict[str, Any]] = {}
+
+    def watch() -> int:
+        for pod in platform.pods("packed", "1"):
+            seen[pod["metadata"]["name"]] = pod
+        return len(seen)
+
+    def burst() -> list[tuple[Any, str]]:
+        with ThreadPoolExecutor(40) as pool:
+            return list(pool.map(lambda _: invoke(platform, "packed", {"sleep": 3}), range(40)))
+
+    results, _ = peak_during(watch, burst)
+    watch()
+    answers = [result for result, _ in results]
+    assert all("error" not in a for a in answers), answers
+    assert len(answers) == 40
+    pods = {a["pod"] for a in answers}
+    assert len(seen) <= math.ceil(40 / slots), sorted(seen)  # pods, not one per sandbox
+    assert pods <= set(seen)
+    # Lambda's rule holds in a packed pod: a sandbox runs one invocation at a time.
+    by_sandbox: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for a in answers:
+        by_sandbox.setdefault((a["pod"], a["pid"]), []).append((a["started"], a["ended"]))
+    for runs in by_sandbox.values():
+        runs.sort()
+        assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(runs)), runs
+    assert all(len({pid for pod, pid in by_sandbox if pod == name}) <= slots for name in pods)
+    assert len(by_sandbox) > len(pods)  # several sandboxes to a pod: spawned, not started as pods
+    # No request waited for two pod starts in a row: every pod was created before the first one was running.
+    first_running = min(
+        _time(c["lastTransitionTime"])
+        for p in seen.values()
+        for c in (platform.kube.get("pod", p["metadata"]["name"], platform.namespace) or p)["status"]["conditions"]
+        if c["type"] == "Ready" and c["status"] == "True"
+    )
+    assert all(_time(p["metadata"]["creationTimestamp"]) <= first_running for p in seen.values()), seen.keys()
+    # Scale-in: after the idle window the sandboxes are retired, then their emptied pods deleted.
+    assert eventually(lambda: platform.replicas("packed", "1") == 0 and not platform.pods("packed"), timeout=90), (
+        platform.gateway_logs()
+    )
