@@ -53,6 +53,8 @@ def test_full_manifest() -> None:
         ({"memoryMB": "big"}, "spec.memoryMB: must be an integer"),
         ({"memoryMB": True}, "spec.memoryMB: must be an integer"),
         ({"timeoutSeconds": 0}, "spec.timeoutSeconds: must be between 1 and 900"),
+        ({"scaling": {"sandboxesPerPod": 0}}, "spec.scaling.sandboxesPerPod: must be between 1 and 64"),
+        ({"scaling": {"sandboxesPerPod": 65}}, "spec.scaling.sandboxesPerPod: must be between 1 and 64"),
         ({"timeoutSeconds": 901}, "spec.timeoutSeconds: must be between 1 and 900"),
         ({"runtime": "java8"}, "spec.runtime: must be one of"),
         ({"handler": None}, "spec.handler: is required"),
