@@ -110,7 +110,8 @@ class PoolSnapshot:
     allocated: int = 0  # provisioned instances whose runtime has initialised
     available: int = 0  # of those, the ones not stalled
     instances: tuple[str, ...] = ()  # every connected instance (retiring ones too, until their stream ends)
-    live: tuple[str, ...] = ()  # of those, the ones not retiring (which can be asked to spawn: packing.py)
+    live: tuple[str, ...] = ()  # of those, the ones not retiring
+    askable: tuple[str, ...] = ()  # of those, the ones whose runtime has asked for work: a Spawn can go on them
 
     @property
     def active(self) -> int:
@@ -152,6 +153,7 @@ class Pool:
             available=sum(1 for i in allocated if i.stalled_since is None),
             instances=tuple(self._instances),
             live=tuple(i.id for i in self._instances.values() if not i.retired),
+            askable=tuple(i.id for i in self._instances.values() if not i.retired and i.initialised),
         )
 
 
@@ -265,8 +267,8 @@ class Dispatcher:
         as starting until they connect. False if `via` is gone or retiring (nothing was asked)."""
         pool = self._pools.get(key)
         instance = None if pool is None else pool._instances.get(via)
-        if pool is None or instance is None or instance.retired:
-            return False
+        if pool is None or instance is None or instance.retired or not instance.initialised:
+            return False  # (a stream is written to only once its session is up: its runtime has asked for work)
         # Expected before the message goes: a sandbox that connects first must not take a placeholder's place.
         pool._starting.update(dict.fromkeys(instance_ids, now))
         try:
@@ -391,10 +393,6 @@ class Dispatcher:
         elif claimed in (None, naming.PROVISIONED_CONCURRENCY) and wants_provisioned:
             instance.kind = naming.PROVISIONED_CONCURRENCY
         pool._instances[instance_id] = instance
-        if pool._pending:
-            # Work still waits: the scaler may now spawn into this instance's pod (packed sandboxes) rather than
-            # wait for its tick.
-            self._on_demand(version.key)
         return instance
 
     async def ready(self, instance: Instance) -> None:
@@ -412,6 +410,10 @@ class Dispatcher:
                 invocation.timer.cancel()
             if not await self._assign(instance, invocation):
                 self._queue(pool, invocation, first=True)  # the stream is broken; another instance takes it
+            elif pool._pending and not pool._idle:
+                # More work waits: the scaler may now spawn into this instance's pod (packed sandboxes) rather
+                # than wait for its tick.
+                self._on_demand(pool.version.key)
             return
         instance.idle_since = self._clock.now()
         pool._idle.append(instance)

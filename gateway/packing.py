@@ -5,8 +5,9 @@ then first a process start in a running pod (a Spawn on the stream of one of its
 when the running pods are full:
 
     spawn    = into connected pods with free slots, the fullest first (so emptier pods drain and go away)
-    deferred = what pods still starting will host: each brings slots - 1 more once its first sandbox connects
-               (nothing is recorded for them: the scaler asks again then, and the spawn goes into that pod)
+    deferred = what pods still starting will host: each brings slots - 1 more once its first sandbox connects,
+               and a pod whose first runtime is not up yet its free slots (nothing is recorded for them: the
+               scaler asks again when that runtime asks for work, and the spawn goes into that pod)
     new pods = ceil((start - spawned - deferred) / slots)
     released = a pod once none of its sandboxes is left, connected or starting (scale-in frees sandboxes first,
                then empty pods); a placeholder that never connected is a pod of its own
@@ -50,29 +51,40 @@ def _occupied(connected: Iterable[str], starting: Iterable[str]) -> tuple[dict[s
     return pods, on_the_way
 
 
-def place(count: int, slots: int, connected: Iterable[str], live: Iterable[str], starting: Iterable[str]) -> Placement:
+def place(
+    count: int,
+    slots: int,
+    connected: Iterable[str],
+    live: Iterable[str],
+    askable: Iterable[str],
+    starting: Iterable[str],
+) -> Placement:
     """Where `count` new instances go. `connected`: every connected instance (retiring ones still hold a slot);
-    `live`: those that can be asked to spawn (not retiring); `starting`: asked for, not yet connected."""
+    `live`: those not retiring; `askable`: live ones whose stream is up and whose runtime has asked for work (a
+    Spawn can be written on it); `starting`: asked for, not yet connected. A pod with live sandboxes but none
+    askable yet is still coming up: its free slots are deferred like those of a pod on its way."""
     if count <= 0:
         return Placement()
     if slots <= 1:
         return Placement(new_pods=count)
     pods, on_the_way = _occupied(connected, starting)
+    alive = {pod_of(instance_id) for instance_id in live}
     via: dict[str, str] = {}
-    for instance_id in live:
+    for instance_id in askable:
         via.setdefault(pod_of(instance_id), instance_id)
     remaining = count
+    deferred = on_the_way * (slots - 1)
     spawns: list[tuple[str, tuple[str, ...]]] = []
     for pod in sorted(pods, key=lambda p: (-len(pods[p]), p)):
-        if remaining <= 0:
-            break
-        if pod not in via:
-            continue  # every sandbox of it is retiring: the pod is on its way out
-        free = [slot for slot in range(slots) if slot not in pods[pod]][:remaining]
-        if free:
-            spawns.append((via[pod], tuple(sandbox_id(pod, slot) for slot in free)))
-            remaining -= len(free)
-    deferred = on_the_way * (slots - 1)
+        free = [slot for slot in range(slots) if slot not in pods[pod]]
+        if pod in via and remaining > 0:
+            taken = free[:remaining]
+            if taken:
+                spawns.append((via[pod], tuple(sandbox_id(pod, slot) for slot in taken)))
+                remaining -= len(taken)
+        elif pod in alive:
+            deferred += len(free)  # not askable yet: spawned into once its first runtime is up
+        # else: every sandbox of it is retiring, the pod is on its way out
     return Placement(spawns=tuple(spawns), new_pods=math.ceil(max(0, remaining - deferred) / slots))
 
 

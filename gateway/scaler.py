@@ -156,7 +156,7 @@ class Scaler:
         """`count` more instances: spawned into running pods with free slots first, new pods for the rest."""
         version = snapshot.version
         starting = [i for i, _ in snapshot.starting]
-        placement = packing.place(count, slots, snapshot.instances, snapshot.live, starting)
+        placement = packing.place(count, slots, snapshot.instances, snapshot.live, snapshot.askable, starting)
         started = 0
         for via, instance_ids in placement.spawns:
             if await self._dispatcher.spawn(version.key, via, instance_ids, now):
