@@ -10,7 +10,9 @@ lowers `replicas` by one, so the ReplicaSet does not pick a busy pod instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import uuid
 from collections.abc import Iterable
 
@@ -25,6 +27,7 @@ from . import OnGone
 log = logging.getLogger(__name__)
 PLACEHOLDER = "pending-"
 SCALE_ATTEMPTS = 20  # read-modify-write rounds before giving up (each lost round means another writer won)
+CONFLICT_BACKOFF_SECONDS = 0.01  # the first retry's mean pause; doubles per lost round, capped at 32x
 
 
 class KubernetesBackend:
@@ -50,7 +53,11 @@ class KubernetesBackend:
         between (another gateway replica, the scaler's own concurrent steps) is a 409, and the change is applied
         again to what the scale is then, never lost."""
         name, namespace = self._target(version)
-        for _ in range(SCALE_ATTEMPTS):
+        for attempt in range(SCALE_ATTEMPTS):
+            if attempt:
+                # Writers that lost together retry apart: without jitter a dozen concurrent ones stay in lockstep,
+                # one wins per round and the rest can run out of rounds (the ReplicaSet's own writes add losses).
+                await asyncio.sleep(random.uniform(0, 2 * CONFLICT_BACKOFF_SECONDS * 2 ** min(attempt - 1, 5)))
             scale = await self._apps.read_namespaced_deployment_scale(name, namespace)
             replicas = max(0, (scale.spec.replicas or 0) + delta)
             # A patch naming the resourceVersion it was computed from is refused (409) if the scale moved since.

@@ -83,7 +83,9 @@ def test_the_gateway_sees_functions_as_they_are_applied(
 def test_scales_from_zero_to_n_and_back_to_zero(
     kube: Kube, namespace: str, operator: Operator, gateway: KubeGateway
 ) -> None:
-    assert kube.apply(manifest("scaled", extra=", scaling: {idleSeconds: 1}"), namespace).returncode == 0
+    # One sandbox per pod, so that N concurrent requests ask for N pods (packing is the next test's business).
+    scaling = "scaling: {idleSeconds: 1, sandboxesPerPod: 1}"
+    assert kube.apply(manifest("scaled", extra=f", {scaling}"), namespace).returncode == 0
     assert eventually(lambda: ready(kube, "scaled", namespace, "1"))
     assert eventually(lambda: gateway.invoke("scaled", "DryRun")[0] == 204, timeout=30)
     assert replicas(kube, "scaled-v1", namespace) == 0
@@ -95,8 +97,35 @@ def test_scales_from_zero_to_n_and_back_to_zero(
     assert eventually(lambda: replicas(kube, "scaled-v1", namespace) == 3, timeout=10), gateway.logs()
 
     # The operator reconciles (a function-level change) and leaves the gateway's replicas alone.
-    assert kube.apply(manifest("scaled", extra=", scaling: {idleSeconds: 1.5}"), namespace).returncode == 0
+    changed = scaling.replace("idleSeconds: 1,", "idleSeconds: 1.5,")
+    assert kube.apply(manifest("scaled", extra=f", {changed}"), namespace).returncode == 0
     for caller in callers:
         caller.join()
     assert results == [502, 502, 502]  # no pod can start here: the wait for an instance times out, clearly
     assert eventually(lambda: replicas(kube, "scaled-v1", namespace) == 0, timeout=20), gateway.logs()
+
+
+def test_concurrent_requests_ask_for_pods_by_the_slots_they_have(
+    kube: Kube, namespace: str, operator: Operator, gateway: KubeGateway
+) -> None:
+    """256 MB gives 4 sandboxes a pod: 5 concurrent requests from zero ask for ceil(5 / 4) = 2 pods, not 5."""
+    assert kube.apply(manifest("packed", extra=", scaling: {idleSeconds: 1}"), namespace).returncode == 0
+    assert eventually(lambda: ready(kube, "packed", namespace, "1"))
+    assert eventually(lambda: gateway.invoke("packed", "DryRun")[0] == 204, timeout=30)
+
+    results: list[int] = []
+    callers = [threading.Thread(target=lambda: results.append(gateway.invoke("packed")[0])) for _ in range(5)]
+    for caller in callers:
+        caller.start()
+    seen: list[int] = []
+
+    def two_pods() -> bool:
+        seen.append(replicas(kube, "packed-v1", namespace))
+        return seen[-1] == 2
+
+    assert eventually(two_pods, timeout=10), gateway.logs()
+    while any(caller.is_alive() for caller in callers):  # watch the scale for as long as the demand lasts
+        seen.append(replicas(kube, "packed-v1", namespace))
+    assert max(seen) == 2, seen  # it could have grown (one sandbox a pod asks for 5): it did not
+    assert results == [502] * 5
+    assert eventually(lambda: replicas(kube, "packed-v1", namespace) == 0, timeout=20), gateway.logs()

@@ -53,7 +53,9 @@ def test_function_gets_secret_version_and_a_zero_replica_deployment(
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == "localhost/kambda-runtime:test"
-    assert container["resources"]["limits"] == {"memory": "320Mi"}  # 256 MB + the agent's share
+    # Packed sandboxes: 256 MB gives 1024 // 256 = 4 slots; the limit holds them all + the agent's share, the
+    # request one (the scheduler reserves what the first sandbox needs; more are spawned while memory is free).
+    assert container["resources"]["limits"] == {"memory": "1088Mi"}
     assert container["resources"]["requests"] == {"memory": "320Mi", "cpu": "145m"}  # 256/1769 vCPU
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
@@ -68,6 +70,7 @@ def test_function_gets_secret_version_and_a_zero_replica_deployment(
     assert sandbox["memory_mb"] == 256 and sandbox["timeout_seconds"] == 10
     assert sandbox["environment"] == {"GREETING": "hi"} and sandbox["handler"] == "app.handler"
     assert env["KAMBDA_GATEWAY"]["value"] == "10.244.0.1:9090"
+    assert env["KAMBDA_SLOTS"]["value"] == "4"
     assert env["KAMBDA_CREDENTIAL"]["valueFrom"]["secretKeyRef"] == {"name": "alpha-credential", "key": "credential"}
     code = kube.get("configmap", "alpha-v1-code", namespace)
     assert code is not None and code["immutable"] is True and "def handler" in code["data"]["f0"]
