@@ -334,6 +334,7 @@ def _operator(args: argparse.Namespace) -> int:
         image_pull_policy=args.image_pull_policy,
         gateway_selector={"app.kubernetes.io/name": "kambda", "app.kubernetes.io/component": "gateway"},
         code_store=args.code_store_url,
+        warm_pool_size=args.warm_pool_size,
     )
     return operator_main.run(
         namespace=args.namespace, settings=settings, liveness=args.liveness, gateway_service=args.gateway_service
@@ -495,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="take both addresses from the gateway's Service (its ClusterIP) instead")  # fmt: skip
     op.add_argument("--signing-key-file", help="the key shared with the gateway (else $KAMBDA_SIGNING_KEY)")
     op.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument("--warm-pool-size", type=int, default=1, metavar="N",
+                    help="warm pool pods per runtime in use, per namespace (0: none; a Namespace's label "
+                         "kambda.dev/warm-pool-size overrides it)")  # fmt: skip
     op.set_defaults(func=_operator)
 
     agent = sub.add_parser("agent", help="run a sandbox agent (used inside function pods)", add_help=False)

@@ -97,3 +97,27 @@ def slot_of(instance_id: str) -> int:
     """The slot an instance id names; -1 for one that is not a sandbox id (a placeholder's)."""
     _, _, slot = instance_id.partition(SLOT_SEPARATOR)
     return int(slot) if slot.isdigit() else (0 if not slot else -1)
+
+
+# Warm pools (Kubernetes): generic pods per namespace and runtime, waiting to be specialised for a function version.
+# A pool pod carries POOL_LABEL (its pool's Deployment selects it); specialising it removes that label, so the pool's
+# ReplicaSet lets it go and starts a replacement, and gives it the function's label (its NetworkPolicy then applies)
+# and SPECIALISED_LABEL instead of the version label (which would make the version's ReplicaSet adopt it).
+POOL_LABEL = f"{GROUP}/pool"
+SPECIALISED_LABEL = f"{GROUP}/specialised-version"
+# On a version's Deployment: the pool (runtime) its pods may come from, set by the operator when a pool pod can take
+# every setting of the function; otherwise WARM_POOL_REFUSAL says why it gets dedicated pods only.
+WARM_POOL_ANNOTATION = f"{GROUP}/warm-pool"
+WARM_POOL_REFUSAL = f"{GROUP}/warm-pool-refusal"
+# On a Namespace: the pool size there (per runtime in use), overriding the operator's --warm-pool-size.
+WARM_POOL_SIZE_LABEL = f"{GROUP}/warm-pool-size"
+
+
+def pool_deployment(runtime: str) -> str:
+    """The pool Deployment of a runtime in a namespace (no dots: its pods' names must not contain one)."""
+    return "kambda-pool-" + runtime.replace(".", "-")
+
+
+def pool_key(namespace: str, runtime: str) -> str:
+    """What a pool's credential signs, in place of a function's `namespace/name` (no function is named with ':')."""
+    return f"{namespace}/pool:{runtime}"

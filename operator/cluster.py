@@ -18,6 +18,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kambda import naming
 from kambda.naming import ALIASES, FUNCTIONS, GROUP, VERSION
 
+from . import resources
+
 APPLIED_HASH = "kambda.dev/applied-hash"
 
 
@@ -48,6 +50,38 @@ class Cluster:
                     return
                 body["metadata"]["resourceVersion"] = current.metadata.resource_version
                 await update(name, namespace, body)
+
+    async def ensure_pool(
+        self, namespace: str, runtime: str, size: int, function_owner: Mapping[str, Any], settings: resources.Settings
+    ) -> None:
+        """The namespace's warm pool for `runtime` at `size`, with this Function among its owners: the pool is
+        garbage-collected with the last Function that uses it. Its credential and NetworkPolicy go with it."""
+        deployment = resources.pool_deployment(namespace, runtime, size, settings)
+        name = deployment["metadata"]["name"]
+        # Not the controller (a Deployment has none), and not blocking: a Function's deletion never waits for a pool.
+        ref = {**function_owner, "controller": False, "blockOwnerDeletion": False}
+        deployment["metadata"]["ownerReferences"] = [ref]
+        try:
+            pool = await self.apps.create_namespaced_deployment(namespace, deployment)  # type: ignore[arg-type]
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # A strategic merge adds this owner to the others (ownerReferences merge by uid) and sets the size.
+            pool = await self.apps.patch_namespaced_deployment(
+                name, namespace, {"metadata": {"ownerReferences": [ref]}, "spec": {"replicas": size}},
+                _content_type="application/strategic-merge-patch+json",  # type: ignore[call-arg]
+            )  # fmt: skip
+        pool_owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": pool.metadata.uid,
+                      "controller": True, "blockOwnerDeletion": False}  # fmt: skip
+        for obj in (
+            resources.pool_credential_secret(namespace, runtime, settings),
+            resources.pool_network_policy(namespace, runtime, settings),
+        ):
+            await self.ensure(resources.pool_owned(obj, pool_owner), replace=True)
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str]:
+        ns = await self.core.read_namespace(namespace)
+        return dict(ns.metadata.labels or {})
 
     def _verbs(self, kind: str) -> tuple[Any, Any, Any]:
         c, a, n = self.core, self.apps, self.net

@@ -88,6 +88,10 @@ async def reconcile_function(
     if config_map is not None:
         await cluster.ensure(config_map)
     await cluster.ensure(resources.deployment(fn, version, owner, settings))
+    if resources.pool_refusal(fn) is None:
+        size = resources.pool_size(settings.warm_pool_size, await cluster.namespace_labels(namespace))
+        if size > 0:
+            await cluster.ensure_pool(namespace, fn.runtime, size, owner, settings)
     if is_new:
         await cluster.ensure(resources.controller_revision(fn, raw_spec, number, owner))
         kopf.info(body, reason="VersionPublished", message=f"version {version}")
@@ -174,7 +178,8 @@ async def function_pod_changed(*, body: kopf.Body, namespace: str | None, memo: 
     Only for the Function's latest version: a refusal by an old version's pod must not hide a fixed new one."""
     reason = resources.code_refusal(body)
     labels = body.get("metadata", {}).get("labels") or {}
-    function, version = labels.get(resources.LABEL_FUNCTION), labels.get(resources.LABEL_VERSION)
+    function = labels.get(resources.LABEL_FUNCTION)
+    version = labels.get(resources.LABEL_VERSION) or labels.get(naming.SPECIALISED_LABEL)  # a specialised pool pod
     if reason is None or namespace is None or not function:
         return
     cluster: Cluster = memo.cluster

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kambda import credentials, logconfig, naming
-from kambda.specs import DEFAULT_IMAGE_RUNTIMES, VERSIONED_FIELDS, FunctionSpec, image_runtimes, slots_per_pod
+from kambda.specs import (
+    DEFAULT_IMAGE_RUNTIMES,
+    EPHEMERAL_STORAGE_MB,
+    POD_MEMORY_BUDGET_MB,
+    VERSIONED_FIELDS,
+    FunctionSpec,
+    image_runtimes,
+    slots_per_pod,
+)
 
 LABEL_FUNCTION = naming.FUNCTION_LABEL
 LABEL_VERSION = "kambda.dev/version"
@@ -26,6 +34,17 @@ NODE_RIC_IN_IMAGE = "/usr/local/lib/kambda-node/node_modules/aws-lambda-ric"  # 
 IMAGE_RUNTIME_API_PORT = 9001  # where a container image's client finds the Runtime API (Lambda's)
 MILLICPU_PER_MB = 1000 / 1769  # Lambda: 1,769 MB of memory = 1 vCPU
 AGENT_MEMORY_MB = 64  # the agent's own share of the pod's memory limit, on top of the function's
+# Every function pod's (and pool pod's) security settings: a fixed non-root uid, no privilege, a read-only root.
+POD_SECURITY: Mapping[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}  # fmt: skip
+CONTAINER_SECURITY: Mapping[str, Any] = {
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}  # fmt: skip
+POOL_TMP_MB = EPHEMERAL_STORAGE_MB[0]  # a pool pod's /tmp: Lambda's default ephemeral storage
+POOL_GRACE_SECONDS = 905  # Lambda's longest timeout + 5: a specialised pod keeps the grace it was created with
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,7 @@ class Settings:
     gateway_selector: Mapping[str, str] | None = None  # labels of gateway pods (NetworkPolicy egress)
     code_store: str | None = None  # base URL of the gateway's code store as pods reach it (packages by sha256)
     runtime_images: Mapping[str, str] = field(default_factory=dict)  # runtime -> image, beyond runtime_image's
+    warm_pool_size: int = 0  # pool pods per runtime in use, per namespace (a Namespace's label overrides it)
 
     def image_for(self, runtime: str) -> str | None:
         """The function-pod image that runs `runtime`, or None: this installation does not offer it."""
@@ -208,13 +228,7 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
         "automountServiceAccountToken": fn.service_account_name is not None,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": fn.timeout_seconds + 5,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": dict(POD_SECURITY),
         "containers": [
             {
                 "name": "function",
@@ -226,12 +240,7 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
                 # follow memory, but it is not capped: a 128 MB function capped at 72 millicores would spend
                 # seconds importing its runtime and the agent (Lambda itself does not throttle INIT either).
                 "resources": {"requests": {"memory": memory, "cpu": cpu}, "limits": {"memory": memory_limit}},
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
+                "securityContext": dict(CONTAINER_SECURITY),
                 "volumeMounts": [
                     {"name": "code", "mountPath": TASK_ROOT, "readOnly": fn.code.sha256 is None},
                     {"name": "tmp", "mountPath": "/tmp"},
@@ -250,10 +259,15 @@ def deployment(fn: FunctionSpec, version: str, owner_ref: Mapping[str, Any], set
         pod_spec = _image_pod(pod_spec, fn, version, settings, cpu)
     if fn.service_account_name is not None:
         pod_spec["serviceAccountName"] = fn.service_account_name
+    meta = _meta(deployment_name(fn.name, version), fn, owner_ref, version)
+    refusal = pool_refusal(fn)
+    meta["annotations"] = (
+        {naming.WARM_POOL_ANNOTATION: fn.runtime} if refusal is None else {naming.WARM_POOL_REFUSAL: refusal}
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(deployment_name(fn.name, version), fn, owner_ref, version),
+        "metadata": meta,
         "spec": {
             "replicas": 0,  # set once at creation; from then on only the gateway scales it
             "revisionHistoryLimit": 0,
@@ -379,3 +393,132 @@ def code_refusal(pod: Mapping[str, Any]) -> str | None:
             if message.startswith(prefix):
                 return str(message[len(prefix) :].strip())
     return None
+
+
+def pool_refusal(fn: FunctionSpec) -> str | None:
+    """Why a pod of the function's warm pool could not become its pod exactly as a dedicated one would be, or None.
+
+    What a pod is created with and cannot change later (its image, service account, environment, volumes, memory
+    limit) must match; what is chosen by labels (the NetworkPolicy, so every `network` setting) is applied when the
+    pod is relabelled, and the uid, the read-only root and the dropped capabilities are the same for every pod."""
+    if fn.code.image is not None:
+        return "a container-image function runs its own image"
+    if fn.service_account_name is not None:
+        return "serviceAccountName: a pod's service account is fixed when the pod is created"
+    if fn.secret_environment:
+        return "environment from Secrets: a pod's environment is fixed when the pod is created"
+    if fn.code.config_map is not None:
+        return "code from a ConfigMap: a pod's volumes are fixed when the pod is created"
+    if slots_per_pod(fn) * fn.memory_mb > POD_MEMORY_BUDGET_MB:
+        return f"{slots_per_pod(fn)} sandboxes of {fn.memory_mb} MB exceed a pool pod's {POD_MEMORY_BUDGET_MB} MB"
+    if fn.ephemeral_storage_mb > POOL_TMP_MB:
+        return f"ephemeral storage of {fn.ephemeral_storage_mb} MB exceeds a pool pod's {POOL_TMP_MB} MB"
+    return None
+
+
+def _pool_meta(name: str, namespace: str, runtime: str) -> dict[str, Any]:
+    labels = {naming.POOL_LABEL: naming.pool_deployment(runtime), "app.kubernetes.io/managed-by": "kambda"}
+    return {"name": name, "namespace": namespace, "labels": labels}
+
+
+def pool_deployment(namespace: str, runtime: str, size: int, settings: Settings) -> dict[str, Any]:
+    """A namespace's warm pool for a runtime: generic pods whose agent waits for the gateway to specialise it
+    (runtime.proto `Wait`). Sized for the largest function a pool may take (POD_MEMORY_BUDGET_MB of sandboxes);
+    it requests what the smallest function's first sandbox needs, as a dedicated pod of 128 MB does."""
+    name = naming.pool_deployment(runtime)
+    labels = {naming.POOL_LABEL: name, LABEL_COMPONENT: "pool"}
+    image = settings.image_for(runtime) or settings.runtime_image
+    pool = json.dumps({"namespace": namespace, "runtime": runtime}, sort_keys=True)
+    smallest = 128
+    container = {
+        "name": "function",  # the name a dedicated pod's container has: `kubectl logs` finds it the same way
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python3", "-m", "kambda.runtime.agent", "--pool"],
+        "env": [
+            {"name": "KAMBDA_GATEWAY", "value": settings.gateway_address},
+            {"name": "KAMBDA_POOL", "value": pool},
+            {"name": "KAMBDA_POOL_CREDENTIAL",
+             "valueFrom": {"secretKeyRef": {"name": f"{name}-credential", "key": "credential"}}},
+        ],
+        "resources": {
+            "requests": {"memory": f"{smallest + AGENT_MEMORY_MB}Mi",
+                         "cpu": f"{max(50, round(smallest * MILLICPU_PER_MB))}m"},
+            "limits": {"memory": f"{POD_MEMORY_BUDGET_MB + AGENT_MEMORY_MB}Mi"},
+        },
+        "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": [
+            {"name": "code", "mountPath": TASK_ROOT},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "layers", "mountPath": LAYERS_ROOT},
+        ],
+    }  # fmt: skip
+    pod_spec = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": POOL_GRACE_SECONDS,
+        "securityContext": dict(POD_SECURITY),
+        "containers": [container],
+        "volumes": [
+            {"name": "code", "emptyDir": {"sizeLimit": "300Mi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": f"{POOL_TMP_MB}Mi"}},
+            {"name": "layers", "emptyDir": {"sizeLimit": "300Mi"}},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _pool_meta(name, namespace, runtime),
+        "spec": {
+            "replicas": size,
+            "revisionHistoryLimit": 0,
+            "selector": {"matchLabels": {naming.POOL_LABEL: name}},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def pool_owned(obj: dict[str, Any], pool_owner: Mapping[str, Any]) -> dict[str, Any]:
+    """`obj` owned by its pool's Deployment: it goes when the pool does."""
+    return {**obj, "metadata": {**obj["metadata"], "ownerReferences": [dict(pool_owner)]}}
+
+
+def pool_credential_secret(namespace: str, runtime: str, settings: Settings) -> dict[str, Any]:
+    """A pool's credential: it lets a pool pod wait to be specialised, and pull no function's work."""
+    name = naming.pool_deployment(runtime)
+    credential = credentials.credential_for(settings.signing_key, naming.pool_key(namespace, runtime))
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _pool_meta(f"{name}-credential", namespace, runtime),
+        "type": "Opaque",
+        "stringData": {"credential": credential},
+    }
+
+
+def pool_network_policy(namespace: str, runtime: str, settings: Settings) -> dict[str, Any]:
+    """A pool pod talks to the gateway (and DNS) only, and nothing connects to it; once specialised it carries the
+    function's label instead of the pool's, and the function's policy is the one that applies."""
+    name = naming.pool_deployment(runtime)
+    gateway = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.gateway_selector or {})}}
+    dns = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _pool_meta(name, namespace, runtime),
+        "spec": {
+            "podSelector": {"matchLabels": {naming.POOL_LABEL: name}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": [
+                {"to": [gateway]},
+                {"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+            ],
+        },
+    }
+
+
+def pool_size(default: int, namespace_labels: Mapping[str, str]) -> int:
+    """The pool size in a namespace: its label's if it is a whole number >= 0, else the operator's default."""
+    value = namespace_labels.get(naming.WARM_POOL_SIZE_LABEL, "")
+    return int(value) if value.isdigit() else default

@@ -5,6 +5,8 @@
   spawns more beside it, up to `KAMBDA_SLOTS` (packed sandboxes, `Pod`). Exits on SIGTERM; exits 1 if the gateway
   rejects it or none of its sandboxes can reach it (a visible crash loop); when the gateway has retired all of its
   sandboxes, it waits for the pod's deletion rather than exiting into a restart.
+- `run_pool`: a warm-pool pod's agent (`KAMBDA_POOL`): it waits until the gateway specialises it for a function
+  version (`pool.py`), then is that version's pod exactly as `run_single`'s.
 - `run_supervisor`: the local backend's pre-started agent. Hosts many sandboxes in one warm process, so that a
   cold start spawns only the runtime, never another interpreter that imports grpc. The gateway drives
   it with JSON lines on stdin (`{"op": "start", "sandbox": {...}, "credential": "..."}`); it reports each
@@ -30,7 +32,7 @@ from grpc import aio
 from kambda import naming
 from kambda.naming import CODE_REFUSED
 
-from . import code, isolation, limits, snapstart
+from . import code, isolation, limits, pool, snapstart
 from .sandbox import Sandbox, SandboxConfig, make_template, template_key
 from .session import Identity, Session
 
@@ -212,6 +214,19 @@ def _failed(session: Session, task: asyncio.Task[None]) -> str | None:
     return None
 
 
+def _terminate_on_signals() -> asyncio.Event:
+    terminate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, terminate.set)
+    return terminate
+
+
+def _stdout_sink(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 async def run_single(gateway: str) -> int:
     """A pod's agent: its first sandbox, and those the gateway spawns beside it (KAMBDA_SLOTS in all)."""
     config = config_from_json(json.loads(os.environ["KAMBDA_SANDBOX"]))
@@ -220,51 +235,82 @@ async def run_single(gateway: str) -> int:
         with open(os.environ["KAMBDA_CREDENTIAL_FILE"]) as f:
             credential = f.read().strip()
     slots = max(1, int(os.environ.get("KAMBDA_SLOTS", "1") or 1))
-    out = sys.stdout.buffer
-
-    def sink(data: bytes) -> None:
-        out.write(data)
-        out.flush()
-
-    terminate = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, terminate.set)
+    terminate = _terminate_on_signals()
     async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
-        pod = Pod(channel, config, credential, slots, sink)
+        return await _serve_pod(channel, config, credential, slots, terminate)
+
+
+async def run_pool(gateway: str) -> int:
+    """A warm-pool pod's agent: it waits (KAMBDA_POOL, KAMBDA_POOL_CREDENTIAL) until the gateway specialises it,
+    then serves that function version exactly as a dedicated pod's agent does."""
+    settings = json.loads(os.environ["KAMBDA_POOL"])
+    identity = pool.PoolIdentity(
+        settings["namespace"], settings["runtime"], os.environ.get("HOSTNAME", ""),
+        os.environ.get("KAMBDA_POOL_CREDENTIAL", ""),
+    )  # fmt: skip
+    terminate = _terminate_on_signals()
+    async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
+        waiting = asyncio.create_task(pool.wait_for_order(channel, identity, dial))
+        terminated = asyncio.create_task(terminate.wait())
+        await asyncio.wait((waiting, terminated), return_when=asyncio.FIRST_COMPLETED)
+        terminated.cancel()
+        if not waiting.done():
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+            return 0
         try:
-            await pod.start_first()
-        except code.CodeError as exc:
-            # Nothing of the function ran. Exiting makes the pod crash-loop visibly, with the reason on it.
+            order = waiting.result()
+        except pool.PoolRejected as exc:
+            log.error("the gateway refuses this pool pod: %s", exc)
+            return 1
+        config = config_from_json(json.loads(order.sandbox))
+        log.info("specialised for %s version %s", config.function, config.version)
+        try:
+            pool.write_files(config.code_dir, order.files)
+        except (OSError, pool.UnsafeFiles) as exc:
             log.error("refusing the code: %s", exc)
             _last_words(CODE_REFUSED, str(exc))
-            await pod.close()
             return 1
-        if config.code_sha256:
-            log.info("code %s verified (sha256) and unpacked into %s", config.code_sha256, config.code_dir)
-        failure: str | None = None
-        terminated = asyncio.create_task(terminate.wait())
-        while not terminate.is_set():
-            running = pod.sandboxes
-            if not running:
-                if pod.last_failure is not None:
-                    # Never an agent that is alive but can no longer reach the gateway (or that it refuses): exit,
-                    # and the kubelet restarts it (a refused pod crash-loops visibly).
-                    failure = pod.last_failure
-                    break
-                # Every sandbox retired by the gateway: it deletes this pod; exiting would make the kubelet
-                # restart it.
-                await terminate.wait()
-                break
-            pod.changed.clear()
-            changed = asyncio.create_task(pod.changed.wait())
-            await asyncio.wait((changed, terminated), return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
+        return await _serve_pod(channel, config, order.credential, max(1, order.slots), terminate)
+
+
+async def _serve_pod(
+    channel: aio.Channel, config: SandboxConfig, credential: str, slots: int, terminate: asyncio.Event
+) -> int:
+    pod = Pod(channel, config, credential, slots, _stdout_sink)
+    try:
+        await pod.start_first()
+    except code.CodeError as exc:
+        # Nothing of the function ran. Exiting makes the pod crash-loop visibly, with the reason on it.
+        log.error("refusing the code: %s", exc)
+        _last_words(CODE_REFUSED, str(exc))
         await pod.close()
-        terminated.cancel()
-        if failure is not None:
-            log.error("%s", failure)
-            return 1
+        return 1
+    if config.code_sha256:
+        log.info("code %s verified (sha256) and unpacked into %s", config.code_sha256, config.code_dir)
+    failure: str | None = None
+    terminated = asyncio.create_task(terminate.wait())
+    while not terminate.is_set():
+        running = pod.sandboxes
+        if not running:
+            if pod.last_failure is not None:
+                # Never an agent that is alive but can no longer reach the gateway (or that it refuses): exit,
+                # and the kubelet restarts it (a refused pod crash-loops visibly).
+                failure = pod.last_failure
+                break
+            # Every sandbox retired by the gateway: it deletes this pod; exiting would make the kubelet
+            # restart it.
+            await terminate.wait()
+            break
+        pod.changed.clear()
+        changed = asyncio.create_task(pod.changed.wait())
+        await asyncio.wait((changed, terminated), return_when=asyncio.FIRST_COMPLETED)
+        changed.cancel()
+    await pod.close()
+    terminated.cancel()
+    if failure is not None:
+        log.error("%s", failure)
+        return 1
     return 0
 
 
@@ -369,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kambda agent", description="kambda sandbox agent")
     parser.add_argument("--gateway", default=os.environ.get("KAMBDA_GATEWAY", "127.0.0.1:9090"), help="gRPC host:port")
     parser.add_argument("--supervise", action="store_true", help="host many sandboxes, driven on stdin")
+    parser.add_argument("--pool", action="store_true", help="a warm-pool pod: wait to be specialised")
     parser.add_argument("--isolation", choices=isolation.MODES, default="auto", help="sandboxes (with --supervise)")
     args = parser.parse_args(argv)
     from kambda import logs
@@ -378,4 +425,6 @@ def main(argv: list[str] | None = None) -> int:
     isolation.harden_agent()
     if args.supervise:
         return asyncio.run(run_supervisor(args.gateway, args.isolation))
+    if args.pool:
+        return asyncio.run(run_pool(args.gateway))
     return asyncio.run(run_single(args.gateway))

@@ -123,3 +123,32 @@ class GatewayMessage(_message.Message):
     stop: Stop
     spawn: Spawn
     def __init__(self, invocation: _Optional[_Union[Invocation, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ..., spawn: _Optional[_Union[Spawn, _Mapping]] = ...) -> None: ...
+
+class PoolHello(_message.Message):
+    __slots__ = ("namespace", "runtime", "pod")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    runtime: str
+    pod: str
+    def __init__(self, namespace: _Optional[str] = ..., runtime: _Optional[str] = ..., pod: _Optional[str] = ...) -> None: ...
+
+class Specialise(_message.Message):
+    __slots__ = ("sandbox", "credential", "slots", "files")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    sandbox: str
+    credential: str
+    slots: int
+    files: _containers.ScalarMap[str, str]
+    def __init__(self, sandbox: _Optional[str] = ..., credential: _Optional[str] = ..., slots: _Optional[int] = ..., files: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -39,6 +39,11 @@ class RuntimeInterfaceStub:
                 request_serializer=runtime__pb2.AgentMessage.SerializeToString,
                 response_deserializer=runtime__pb2.GatewayMessage.FromString,
                 _registered_method=True)
+        self.Wait = channel.unary_stream(
+                '/kambda.runtime.v1.RuntimeInterface/Wait',
+                request_serializer=runtime__pb2.PoolHello.SerializeToString,
+                response_deserializer=runtime__pb2.Specialise.FromString,
+                _registered_method=True)
 
 
 class RuntimeInterfaceServicer:
@@ -50,6 +55,15 @@ class RuntimeInterfaceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Wait(self, request, context):
+        """Warm pools: a generic pod waits here until the gateway specialises it for one function version (exactly one
+        `Specialise`, then the stream ends); from then on it is that version's pod and its sandboxes open `Session`s.
+        Authenticated like Session, with the pool's credential for `kambda-function: <namespace>/pool:<runtime>`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeInterfaceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_RuntimeInterfaceServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=runtime__pb2.AgentMessage.FromString,
                     response_serializer=runtime__pb2.GatewayMessage.SerializeToString,
+            ),
+            'Wait': grpc.unary_stream_rpc_method_handler(
+                    servicer.Wait,
+                    request_deserializer=runtime__pb2.PoolHello.FromString,
+                    response_serializer=runtime__pb2.Specialise.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class RuntimeInterface:
             '/kambda.runtime.v1.RuntimeInterface/Session',
             runtime__pb2.AgentMessage.SerializeToString,
             runtime__pb2.GatewayMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kambda.runtime.v1.RuntimeInterface/Wait',
+            runtime__pb2.PoolHello.SerializeToString,
+            runtime__pb2.Specialise.FromString,
             options,
             channel_credentials,
             insecure,
