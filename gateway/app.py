@@ -31,6 +31,7 @@ from .leases import Ownership
 from .metrics import Metrics
 from .peering import PeerAPI, PeerClient
 from .placement import Placement
+from .pools import WarmPools
 from .queueing import EventQueue
 from .queues.sqlite import SQLiteQueue
 from .registry import Registry
@@ -84,6 +85,7 @@ def create_app(
     functions: FunctionStore | None = None,  # the control plane's store; None: the control-plane API is not served
     authenticator: Authenticator | None = None,  # None: anonymous
     ownership: Ownership | None = None,  # replicas: who owns which function (None: this gateway owns all)
+    pools: WarmPools | None = None,  # Kubernetes: warm-pool pods waiting on this gateway (None: no pools)
 ) -> web.Application:
     middlewares = [_aws_errors, *([auth.middleware(authenticator)] if authenticator is not None else [])]
     # Every handler reads its body with its own limit (connections.read_body): this is only aiohttp's ceiling.
@@ -115,7 +117,9 @@ def create_app(
     invoker = Invoker(dispatcher, metrics, admission)
     peers = PeerClient(signing_key, queue_timeout=settings.queue_timeout)
     placement = Placement(ownership, invoker, peers, metrics)
-    servicer = rpc.RuntimeInterface(registry, dispatcher, signing_key, ownership)
+    servicer = rpc.RuntimeInterface(registry, dispatcher, signing_key, ownership, pools)
+    if pools is not None:
+        metrics.watch_pools(pools)
 
     def owners_changed(gained: set[int], lost: set[int]) -> None:
         admission.resize(ownership.share(settings.max_concurrency))

@@ -30,6 +30,7 @@ from .control.store import FunctionStore
 from .deployments import Deployments
 from .invoke_api import MAX_HEADERS_BYTES
 from .leases import LeaseKeeper, Ownership, Peer
+from .pools import WarmPools
 from .registry import FunctionVersion, Registry
 from .settings import GatewaySettings
 
@@ -177,6 +178,7 @@ async def serve(
     functions: FunctionStore | None = None,
     keys: Keys | None = None,
     replicas: Replicas | None = None,
+    pools: WarmPools | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     authenticator, announcement = authentication(settings, keys)
@@ -204,6 +206,7 @@ async def serve(
         functions=functions,
         authenticator=authenticator,
         ownership=ownership,
+        pools=pools,
     )
     runner = web.AppRunner(
         app,
@@ -368,7 +371,8 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
             try:
                 await asyncio.wait_for(watcher.synced.wait(), 60)
                 store = CodeStore(settings.data_dir / "packages")
-                backend = KubernetesBackend(api, settings.image_runtimes)
+                pools = WarmPools()
+                backend = KubernetesBackend(api, settings.image_runtimes, pools=pools, signing_key=signing_key)
                 place = shapes.Place(settings.region, settings.account_id)
                 functions = KubernetesFunctionStore(api, settings.namespace, registry, place)
                 replicas = None
@@ -376,7 +380,8 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
                     lease_namespace, _, prefix = settings.replica_leases.rpartition("/")
                     replicas = Replicas(api, lease_namespace or settings.namespace, prefix)
                 await serve(settings, registry, backend, signing_key, store=store, functions=functions,
-                            keys=await _secret_keys(api, settings, tasks), replicas=replicas)  # fmt: skip
+                            keys=await _secret_keys(api, settings, tasks), replicas=replicas,
+                            pools=pools)  # fmt: skip
             finally:
                 for task in tasks:
                     task.cancel()

@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .dispatching import Dispatcher
+from .pools import WarmPools
 from .queueing import QueueStats
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -98,6 +99,9 @@ class Metrics:
         self.registry.register(_DispatcherCollector(dispatcher))
         self.registry.register(_QueueCollector(self))
 
+    def watch_pools(self, pools: WarmPools) -> None:
+        self.registry.register(_PoolCollector(pools))
+
 
 class _QueueCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
@@ -149,3 +153,17 @@ class _DispatcherCollector(Collector):
         yield concurrent
         yield queued
         yield instances
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pools: WarmPools) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        waiting = GaugeMetricFamily(
+            "kambda_warm_pool_pods", "Warm-pool pods waiting on this gateway to be specialised.",
+            labels=["namespace", "runtime"],
+        )  # fmt: skip
+        for (namespace, runtime), count in sorted(self._pools.idle().items()):
+            waiting.add_metric([namespace, runtime], count)
+        yield waiting

@@ -16,13 +16,14 @@ from typing import NoReturn, TypeAlias
 import grpc
 from grpc import aio
 
-from kambda import credentials, streams
+from kambda import credentials, naming, streams
 from kambda.naming import INITIALIZATION_TYPE_METADATA, OWNER_METADATA
 from kambda.runtime.rpc import runtime_pb2 as pb
 from kambda.runtime.rpc import runtime_pb2_grpc as pb_grpc
 
 from .dispatching import Dispatcher, Instance, Outcome
 from .leases import Ownership
+from .pools import WarmPools
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,19 @@ SERVER_OPTIONS = (
 
 
 Context: TypeAlias = aio.ServicerContext[pb.AgentMessage, pb.GatewayMessage]
+PoolContext: TypeAlias = aio.ServicerContext[pb.PoolHello, pb.Specialise]
 
 
 class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
     def __init__(
-        self, registry: Registry, dispatcher: Dispatcher, signing_key: bytes, ownership: Ownership | None = None
+        self,
+        registry: Registry,
+        dispatcher: Dispatcher,
+        signing_key: bytes,
+        ownership: Ownership | None = None,
+        pools: WarmPools | None = None,  # None: this gateway has no warm pools (the local backend)
     ) -> None:
+        self._pools = pools
         self._registry = registry
         self._dispatcher = dispatcher
         self._key = signing_key
@@ -64,7 +72,25 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
                 self._moving.add(instance)
                 task.cancel()
 
-    async def _send_on(self, context: Context, function: str) -> NoReturn:
+    async def Wait(self, request: pb.PoolHello, context: PoolContext) -> None:
+        """A warm-pool pod waits here until the Kubernetes backend takes it for a version (one `Specialise`)."""
+        md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        key = naming.pool_key(request.namespace, request.runtime)
+        token = md.get("authorization", "").removeprefix("Bearer ")
+        if md.get("kambda-function") != key or not credentials.verify(self._key, key, token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid credential for this pool")
+        if self._pools is None or not request.pod:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this gateway keeps no warm pools")
+        assert self._pools is not None
+        if not self._ownership.holds(self._ownership.bucket(key)):
+            await self._send_on(context, key)  # a pool's pods wait on the replica that owns the pool's key
+        waiter = self._pools.join(request.namespace, request.runtime, request.pod)
+        try:
+            await context.write(await waiter.order())
+        finally:
+            self._pools.leave(waiter)
+
+    async def _send_on(self, context: Context | PoolContext, function: str) -> NoReturn:
         peer = self._ownership.owner(function)
         if peer is None or peer == self._ownership.me:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{function} has no owner at the moment; try again")

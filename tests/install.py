@@ -66,6 +66,7 @@ class Release:
     gateway_args: list[str] = field(default_factory=list)
     name: str = field(default_factory=lambda: f"k{uuid.uuid4().hex[:6]}")
     replicas: int = 1  # more than one: the NATS queue, on a NATS JetStream this installs first (`_install_nats`)
+    warm_pool: int = 0  # warm-pool pods per runtime in use: none unless a suite is about them (they are pods)
 
     @property
     def system(self) -> str:
@@ -97,6 +98,7 @@ class Release:
             },
             "functionsNamespace": self.functions,
             "signingKey": SIGNING_KEY,
+            "warmPool": {"size": self.warm_pool},
             "gateway": {
                 "service": {"type": "NodePort"},
                 "persistence": {"storageClass": "-", "size": "1Gi"},

@@ -6,6 +6,12 @@ over a sandbox's stream (`packing.py`) and asks this backend for pods only when 
 Pods cannot be named in advance, so started instances are placeholders until a pod's agent connects (the
 dispatcher then retires the oldest placeholder). Freeing a pod (its last sandbox retired) deletes that pod and
 lowers `replicas` by one, so the ReplicaSet does not pick a busy pod instead.
+
+Warm pools: a version whose Deployment allows it (the operator's `kambda.dev/warm-pool` annotation) takes pods
+from its namespace's pool first. Specialising one relabels it out of the pool (its ReplicaSet lets it go and
+starts a replacement) and into the function (its NetworkPolicy applies), then sends it the order: the version's
+sandbox settings and credential, read from the Deployment a dedicated pod would come from. Such a pod is named at
+once (no placeholder), is owned by the version's Deployment (it goes with it) but not counted in its `replicas`.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ import logging
 import random
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kambda import credentials, naming
+from kambda.runtime.rpc import runtime_pb2 as pb
 from kambda.specs import image_runtimes, slots_per_pod
 
+from ..pools import Waiter, WarmPools
 from ..registry import FunctionVersion
 from . import OnGone
 
@@ -30,13 +41,45 @@ SCALE_ATTEMPTS = 20  # read-modify-write rounds before giving up (each lost roun
 CONFLICT_BACKOFF_SECONDS = 0.01  # the first retry's mean pause; doubles per lost round, capped at 32x
 
 
+@dataclass(frozen=True)
+class PoolTarget:
+    """What a pool pod needs to become a pod of a version: what its Deployment gives a dedicated pod."""
+
+    sandbox: str  # KAMBDA_SANDBOX
+    slots: int  # KAMBDA_SLOTS
+    owner: dict[str, Any]  # an ownerReference to the Deployment (not its controller)
+
+
+def pool_target(deployment: Any) -> PoolTarget | None:
+    """The version's pool settings from its Deployment, or None: its pods must not come from a pool."""
+    annotations = deployment.metadata.annotations or {}
+    if not annotations.get(naming.WARM_POOL_ANNOTATION):
+        return None
+    env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env or [] if e.value is not None}
+    if "KAMBDA_SANDBOX" not in env:
+        return None
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment.metadata.name,
+             "uid": deployment.metadata.uid, "controller": False, "blockOwnerDeletion": False}  # fmt: skip
+    return PoolTarget(env["KAMBDA_SANDBOX"], int(env.get("KAMBDA_SLOTS", "1")), owner)
+
+
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, api: client.ApiClient, runtimes: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        runtimes: Iterable[str] = (),
+        *,
+        pools: WarmPools | None = None,
+        signing_key: bytes = b"",  # for the credential a specialised pod is given
+    ) -> None:
         self._apps = client.AppsV1Api(api)
         self._core = client.CoreV1Api(api)
         self._runtimes = image_runtimes(runtimes)
+        self._pools = pools
+        self._key = signing_key
+        self._specialised: set[str] = set()  # pool pods this backend specialised (not in any Deployment's replicas)
 
     def runtimes(self) -> list[str]:
         """What the operator has images for: it is given the same --runtime-image-for list."""
@@ -87,8 +130,68 @@ class KubernetesBackend:
         return slots_per_pod(version.spec)
 
     async def start_instances(self, version: FunctionVersion, count: int) -> list[str]:
-        await self._scale_by(version, count)
-        return [f"{PLACEHOLDER}{uuid.uuid4().hex[:12]}" for _ in range(count)]
+        pods = await self._from_pool(version, count)
+        rest = count - len(pods)
+        if rest:
+            await self._scale_by(version, rest)
+        return pods + [f"{PLACEHOLDER}{uuid.uuid4().hex[:12]}" for _ in range(rest)]
+
+    async def _from_pool(self, version: FunctionVersion, count: int) -> list[str]:
+        """Up to `count` pool pods specialised for the version (their names); none if it may not use the pool."""
+        pods: list[str] = []
+        if self._pools is None:
+            return pods
+        target: PoolTarget | None = None
+        while len(pods) < count:
+            waiter = self._pools.take(version.spec.namespace, version.spec.runtime)
+            if waiter is None:
+                break
+            if target is None:
+                target = await self._pool_target(version)
+                if target is None:
+                    self._pools.give_back(waiter)
+                    break
+            if await self._specialise(version, waiter, target):
+                pods.append(waiter.pod)
+        return pods
+
+    async def _pool_target(self, version: FunctionVersion) -> PoolTarget | None:
+        name, namespace = self._target(version)
+        try:
+            return pool_target(await self._apps.read_namespaced_deployment(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _specialise(self, version: FunctionVersion, waiter: Waiter, target: PoolTarget) -> bool:
+        _, namespace = self._target(version)
+        labels = {
+            naming.POOL_LABEL: None,  # out of the pool: its ReplicaSet releases it and starts another
+            "pod-template-hash": None,
+            naming.FUNCTION_LABEL: version.spec.name,  # into the function: its NetworkPolicy selects it
+            naming.SPECIALISED_LABEL: version.version,
+            "app.kubernetes.io/component": "function",
+        }
+        body = {"metadata": {"labels": labels, "ownerReferences": [target.owner]}}
+        try:
+            await self._core.patch_namespaced_pod(
+                waiter.pod, namespace, body,
+                _content_type="application/strategic-merge-patch+json",  # type: ignore[call-arg]
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status != 404:  # a pod that is gone does not wait any more
+                if self._pools is not None:
+                    self._pools.give_back(waiter)
+                log.warning("could not specialise pool pod %s/%s: %s", namespace, waiter.pod, exc.reason)
+            return False
+        self._specialised.add(waiter.pod)
+        files = dict(version.spec.code.files or {})
+        credential = credentials.credential_for(self._key, version.function)
+        waiter.specialise(pb.Specialise(sandbox=target.sandbox, credential=credential, slots=target.slots,
+                                        files=files))  # fmt: skip
+        log.info("specialised pool pod %s/%s for %s:%s", namespace, waiter.pod, version.function, version.version)
+        return True
 
     async def prepare(self, version: FunctionVersion) -> None:
         """Nothing here: a SnapStart pod makes its version's template itself when it starts (runtime/agent)."""
@@ -98,13 +201,20 @@ class KubernetesBackend:
 
     async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
         _, namespace = self._target(version)
+        counted = len(instance_ids)  # in the Deployment's replicas: all but specialised pool pods
         for pod in (i for i in instance_ids if not i.startswith(PLACEHOLDER)):
+            specialised = pod in self._specialised
             try:  # an instance is its pod: its id is the pod's name
-                await self._core.delete_namespaced_pod(pod, namespace, grace_period_seconds=5)
+                deleted = await self._core.delete_namespaced_pod(pod, namespace, grace_period_seconds=5)
+                labels = getattr(getattr(deleted, "metadata", None), "labels", None) or {}
+                specialised = specialised or naming.SPECIALISED_LABEL in labels  # one of an earlier gateway's
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-        await self._scale_by(version, -len(instance_ids))
+            self._specialised.discard(pod)
+            counted -= specialised
+        if counted:
+            await self._scale_by(version, -counted)
 
     async def close(self) -> None:
         pass

@@ -148,9 +148,11 @@ def lambda_client(url: str, key: tuple[str, str], *, attempts: int = 1, read_tim
 
 
 @contextlib.contextmanager
-def installed(kube: Kube, namespace: str, images: Images, *, replicas: int = 1) -> Iterator[Platform]:
+def installed(
+    kube: Kube, namespace: str, images: Images, *, replicas: int = 1, warm_pool: int = 0
+) -> Iterator[Platform]:
     """The chart installed (and uninstalled after), its gateway ready, with the test suites' gateway settings."""
-    release = Release(kube, images, namespace, replicas=replicas, gateway_args=[
+    release = Release(kube, images, namespace, replicas=replicas, warm_pool=warm_pool, gateway_args=[
         "--queue-timeout=60", "--retry-base-delay=0.5", "--throttle-base-delay=0.2",
     ])  # fmt: skip
     try:

@@ -159,3 +159,71 @@ def test_an_image_function_runs_the_users_image_beside_the_agent() -> None:
         parse_function({"metadata": {"name": "p"}, "spec": {"runtime": "python3.11", "code": {"image": "a:1"}}})
     function = resources.deployment(plain, "1", OWNER, SETTINGS)["spec"]["template"]["spec"]["containers"][1]
     assert not {"command", "args", "workingDir"} & set(function)
+
+
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        ({}, None),
+        ({"memoryMB": 256}, None),  # 4 slots of 256 MB fill a pool pod exactly
+        ({"network": {"egress": "none"}}, None),  # chosen by labels: the relabelled pod takes the function's policy
+        ({"serviceAccountName": "reader"}, "serviceAccountName"),
+        ({"secretEnvironment": [{"name": "TOKEN", "secretName": "s", "key": "k"}]}, "environment from Secrets"),
+        ({"code": {"configMap": {"name": "cm"}}}, "code from a ConfigMap"),
+        ({"runtime": "provided", "handler": "x", "code": {"image": "registry/app:1"}}, "a container-image function"),
+        ({"memoryMB": 512, "scaling": {"sandboxesPerPod": 3}}, "3 sandboxes of 512 MB"),
+        ({"ephemeralStorage": {"size": 1024}}, "ephemeral storage of 1024 MB"),
+    ],
+)
+def test_a_function_uses_the_warm_pool_only_if_a_pool_pod_can_take_every_setting(
+    extra: dict[str, Any], reason: str | None
+) -> None:
+    function = fn(**extra)
+    refusal = resources.pool_refusal(function)
+    assert (refusal is None) if reason is None else (refusal or "").startswith(reason), refusal
+    annotations = resources.deployment(function, "1", OWNER, SETTINGS)["metadata"]["annotations"]
+    if reason is None:
+        assert annotations == {"kambda.dev/warm-pool": "python3.11"}
+    else:
+        assert annotations == {"kambda.dev/warm-pool-refusal": refusal}
+
+
+def test_a_pool_pod_has_a_dedicated_pods_security_and_room_for_any_function_the_pool_takes() -> None:
+    pool = resources.pool_deployment("ns", "python3.11", 2, SETTINGS)
+    dedicated = resources.deployment(fn(), "1", OWNER, SETTINGS)["spec"]["template"]["spec"]
+    assert pool["metadata"]["name"] == "kambda-pool-python3-11" and "." not in pool["metadata"]["name"]
+    assert pool["spec"]["replicas"] == 2
+    assert pool["spec"]["selector"] == {"matchLabels": {"kambda.dev/pool": "kambda-pool-python3-11"}}
+    spec = pool["spec"]["template"]["spec"]
+    assert spec["securityContext"] == dedicated["securityContext"]
+    assert spec["automountServiceAccountToken"] is False and "serviceAccountName" not in spec
+    [container] = spec["containers"]
+    assert container["securityContext"] == dedicated["containers"][0]["securityContext"]
+    assert container["command"] == ["python3", "-m", "kambda.runtime.agent", "--pool"]
+    assert container["resources"]["limits"] == {"memory": "1088Mi"}  # POD_MEMORY_BUDGET_MB + the agent's share
+    env = {e["name"]: e for e in container["env"]}
+    assert json.loads(env["KAMBDA_POOL"]["value"]) == {"namespace": "ns", "runtime": "python3.11"}
+    assert env["KAMBDA_POOL_CREDENTIAL"]["valueFrom"]["secretKeyRef"]["name"] == "kambda-pool-python3-11-credential"
+    assert {v["name"] for v in spec["volumes"]} == {"code", "tmp", "layers"}
+    assert all("emptyDir" in v for v in spec["volumes"])  # nothing a function brings is mounted in advance
+
+
+def test_a_pools_credential_is_not_any_functions_and_its_policy_lets_it_reach_only_the_gateway() -> None:
+    from kambda import credentials, naming
+
+    secret = resources.pool_credential_secret("ns", "python3.11", SETTINGS)
+    credential = secret["stringData"]["credential"]
+    assert credentials.verify(b"k", naming.pool_key("ns", "python3.11"), credential)
+    assert not credentials.verify(b"k", "ns/kambda-pool-python3-11", credential)
+    policy = resources.pool_network_policy("ns", "python3.11", SETTINGS)["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"kambda.dev/pool": "kambda-pool-python3-11"}}
+    assert policy["ingress"] == [] and policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["egress"][0] == {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "gw"}}}]}
+
+
+@pytest.mark.parametrize(
+    "labels, size", [({}, 1), ({"kambda.dev/warm-pool-size": "3"}, 3), ({"kambda.dev/warm-pool-size": "0"}, 0),
+                     ({"kambda.dev/warm-pool-size": "lots"}, 1), ({"kambda.dev/warm-pool-size": "-2"}, 1)],
+)  # fmt: skip
+def test_a_namespaces_label_sets_its_pool_size(labels: dict[str, str], size: int) -> None:
+    assert resources.pool_size(1, labels) == size

@@ -1,0 +1,138 @@
+"""Warm pools on the real node: a function scaled to zero answers its first request from a pool pod the gateway
+specialises (no pod starts for it), the pool refills, the specialised pod keeps the settings a dedicated pod has,
+and a function a pool pod cannot serve exactly (a service account) gets a dedicated pod while the pool waits."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Platform, installed
+from tests.install import Images
+from tests.kube import Kube, eventually
+from tests.workdir import function_manifest
+
+POOL = "kambda-pool-python3-11"
+WHO = """\
+import os, socket
+
+
+def handler(event, context):
+    return {"host": socket.gethostname(), "uid": os.getuid(), "type": os.environ["AWS_LAMBDA_INITIALIZATION_TYPE"],
+            "task": sorted(os.listdir(os.environ["LAMBDA_TASK_ROOT"])), "fn": context.function_name}
+"""
+
+
+@pytest.fixture(scope="module")
+def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
+    with installed(kube, namespace, images, warm_pool=1) as platform:
+        yield platform
+
+
+def pool_pods(platform: Platform) -> list[dict[str, Any]]:
+    """The pool's pods that are running and not on their way out."""
+    return [
+        p for p in platform.kube.list("pods", platform.namespace, f"kambda.dev/pool={POOL}")
+        if not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("phase") == "Running"
+    ]  # fmt: skip
+
+
+def waiting(platform: Platform) -> float:
+    """Pool pods waiting on the gateway to be specialised (its kambda_warm_pool_pods gauge)."""
+    with urllib.request.urlopen(f"{platform.url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    wanted = f'namespace="{platform.namespace}",runtime="python3.11"'
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith("kambda_warm_pool_pods{") and wanted in line
+    )  # fmt: skip
+
+
+def invoke(platform: Platform, name: str) -> dict[str, Any]:
+    response = platform.client.invoke(FunctionName=name, Payload=b"{}")
+    payload: dict[str, Any] = json.loads(response["Payload"].read())
+    assert "FunctionError" not in response, payload
+    return payload
+
+
+def created(obj: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+
+
+def a_pod_waits(platform: Platform) -> dict[str, Any]:
+    """The pool's one pod, once it waits on the gateway. A pool is made for the runtimes a namespace's Functions
+    use that a pool pod can serve: this one's is never invoked, so that the pool exists whatever ran before."""
+    platform.apply(function_manifest("anchor", WHO))
+    assert eventually(lambda: platform.ready("anchor", "1"), timeout=60), platform.operator_logs()
+    assert eventually(lambda: waiting(platform) == 1 and len(pool_pods(platform)) == 1, timeout=120), (
+        platform.gateway_logs()
+    )
+    [pod] = pool_pods(platform)
+    return pod
+
+
+def test_a_cold_start_specialises_a_pool_pod_and_the_pool_refills(platform: Platform) -> None:
+    platform.apply(function_manifest("pooled", WHO, memoryMB=256, network={"egress": "none"}))
+    assert eventually(lambda: platform.ready("pooled", "1"), timeout=60), platform.operator_logs()
+    platform.wait_served("pooled")
+    pool_pod = a_pod_waits(platform)
+    name = pool_pod["metadata"]["name"]
+    assert platform.replicas("pooled", "1") == 0
+    before = datetime.now(created(pool_pod).tzinfo)
+
+    answer = invoke(platform, "pooled")
+    assert answer["host"] == name, (answer, name)  # served by the pool pod, specialised
+    assert answer["fn"] == "pooled" and answer["type"] == "on-demand" and answer["uid"] == 1000
+    assert answer["task"] == ["app.py"]  # its inline code, written by its agent
+    assert platform.replicas("pooled", "1") == 0  # no pod of the version's Deployment was asked for
+    deployment_pods = platform.kube.list("pods", platform.namespace, "kambda.dev/function=pooled,kambda.dev/version=1")
+    assert deployment_pods == []
+
+    pod = platform.kube.get("pod", name, platform.namespace)
+    assert pod is not None
+    labels = pod["metadata"]["labels"]
+    assert "kambda.dev/pool" not in labels  # out of the pool ...
+    assert labels["kambda.dev/function"] == "pooled" and labels["kambda.dev/specialised-version"] == "1"
+    assert created(pod) < before  # it was there before the request: no pod started for it
+    # ... and under the function's NetworkPolicy (egress none), which selects it by the label it now has.
+    policy = platform.kube.get("networkpolicy", "pooled", platform.namespace) or {}
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert all(labels.get(k) == v for k, v in selector.items()), (selector, labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    owners = {(o["kind"], o["name"]) for o in pod["metadata"].get("ownerReferences") or []}
+    assert ("Deployment", "pooled-v1") in owners  # it goes with its version
+    # The settings of a dedicated pod: no service-account token, the same uid, a read-only root, no capabilities.
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsUser"] == 1000 and spec["securityContext"]["runAsNonRoot"] is True
+    security = spec["containers"][0]["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["capabilities"] == {"drop": ["ALL"]}
+
+    # The pool refills: another pod, waiting on the gateway.
+    assert eventually(lambda: [p["metadata"]["name"] for p in pool_pods(platform)] not in ([], [name]), timeout=120)
+    assert eventually(lambda: waiting(platform) == 1, timeout=120), platform.gateway_logs()
+    assert invoke(platform, "pooled")["host"] == name  # warm now: the specialised pod serves it again
+
+
+def test_a_function_with_a_service_account_gets_a_dedicated_pod(platform: Platform) -> None:
+    waiter = a_pod_waits(platform)
+    platform.apply(function_manifest("entitled", WHO, serviceAccountName="default"))
+    assert eventually(lambda: platform.ready("entitled", "1"), timeout=60), platform.operator_logs()
+    deployment = platform.kube.get("deployment", "entitled-v1", platform.namespace) or {}
+    refusal = deployment["metadata"]["annotations"]["kambda.dev/warm-pool-refusal"]
+    assert refusal.startswith("serviceAccountName"), refusal
+    platform.wait_served("entitled")
+
+    answer = invoke(platform, "entitled")
+    assert answer["host"].startswith("entitled-v1-"), answer  # a pod of its own Deployment
+    assert platform.replicas("entitled", "1") == 1
+    [pod] = platform.pods("entitled", "1")
+    assert pod["spec"]["serviceAccountName"] == "default"
+    # The pool pod that could have been taken (it waited the whole time) is still there, still waiting.
+    assert [p["metadata"]["name"] for p in pool_pods(platform)] == [waiter["metadata"]["name"]]
+    assert waiting(platform) == 1
