@@ -371,8 +371,7 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
             try:
                 await asyncio.wait_for(watcher.synced.wait(), 60)
                 store = CodeStore(settings.data_dir / "packages")
-                pools = WarmPools()
-                backend = KubernetesBackend(api, settings.image_runtimes, pools=pools, signing_key=signing_key)
+                backend = KubernetesBackend(api, settings.image_runtimes, pools=True, signing_key=signing_key)
                 place = shapes.Place(settings.region, settings.account_id)
                 functions = KubernetesFunctionStore(api, settings.namespace, registry, place)
                 replicas = None
@@ -381,7 +380,7 @@ def run_kubernetes(settings: GatewaySettings, signing_key: bytes) -> int:
                     replicas = Replicas(api, lease_namespace or settings.namespace, prefix)
                 await serve(settings, registry, backend, signing_key, store=store, functions=functions,
                             keys=await _secret_keys(api, settings, tasks), replicas=replicas,
-                            pools=pools)  # fmt: skip
+                            pools=backend.pools)  # fmt: skip
             finally:
                 for task in tasks:
                     task.cancel()

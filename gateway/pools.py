@@ -8,9 +8,17 @@ hands it its order. A pod is in at most one place at a time: taken means out of 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kambda.runtime.rpc import runtime_pb2 as pb
+
+if TYPE_CHECKING:
+    from .registry import FunctionVersion
+
+# (version, pod) -> the pod's order again if it is that version's specialised pod, else None
+Reissue = Callable[["FunctionVersion", str], Awaitable[pb.Specialise | None]]
 
 
 @dataclass(eq=False)
@@ -33,9 +41,15 @@ class Waiter:
 
 
 class WarmPools:
-    def __init__(self) -> None:
+    def __init__(self, reissue: Reissue) -> None:
         # (namespace, runtime) -> pod -> waiter, oldest first (a dict keeps the order of insertion)
         self._idle: dict[tuple[str, str], dict[str, Waiter]] = {}
+        self._reissue = reissue
+
+    async def reissue(self, version: FunctionVersion, pod: str) -> pb.Specialise | None:
+        """A specialised pod's agent restarted: its order again, if the pod is that version's (the backend checks
+        the pod's labels, which only the gateway sets), so that it never joins a pool again."""
+        return await self._reissue(version, pod)
 
     def join(self, namespace: str, runtime: str, pod: str) -> Waiter:
         """A pool pod's wait began (a reconnecting pod replaces its earlier wait: it is the same pod)."""

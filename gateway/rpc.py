@@ -82,6 +82,18 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
         if self._pools is None or not request.pod:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this gateway keeps no warm pools")
         assert self._pools is not None
+        if request.function:  # specialised before: its own order again, or nothing (never a pool's wait again)
+            version = self._registry.by_key(request.function, request.version)
+            order = None
+            if version is not None and version.spec.namespace == request.namespace:
+                order = await self._pools.reissue(version, request.pod)
+            if order is None:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"pod {request.pod} is not a specialised pod of {request.function}:{request.version}",
+                )
+            await context.write(order)
+            return
         if not self._ownership.holds(self._ownership.bucket(key)):
             await self._send_on(context, key)  # a pool's pods wait on the replica that owns the pool's key
         waiter = self._pools.join(request.namespace, request.runtime, request.pod)

@@ -44,6 +44,7 @@ CONTAINER_SECURITY: Mapping[str, Any] = {
     "capabilities": {"drop": ["ALL"]},
 }  # fmt: skip
 POOL_TMP_MB = EPHEMERAL_STORAGE_MB[0]  # a pool pod's /tmp: Lambda's default ephemeral storage
+POOL_STATE_DIR = "/run/kambda"  # a pool pod's agent's own emptyDir, outside the function's directories
 POOL_GRACE_SECONDS = 905  # Lambda's longest timeout + 5: a specialised pod keeps the grace it was created with
 
 
@@ -428,7 +429,7 @@ def pool_deployment(namespace: str, runtime: str, size: int, settings: Settings)
     name = naming.pool_deployment(runtime)
     labels = {naming.POOL_LABEL: name, LABEL_COMPONENT: "pool"}
     image = settings.image_for(runtime) or settings.runtime_image
-    pool = json.dumps({"namespace": namespace, "runtime": runtime}, sort_keys=True)
+    pool = json.dumps({"namespace": namespace, "runtime": runtime, "state_dir": POOL_STATE_DIR}, sort_keys=True)
     smallest = 128
     container = {
         "name": "function",  # the name a dedicated pod's container has: `kubectl logs` finds it the same way
@@ -451,6 +452,7 @@ def pool_deployment(namespace: str, runtime: str, size: int, settings: Settings)
             {"name": "code", "mountPath": TASK_ROOT},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "layers", "mountPath": LAYERS_ROOT},
+            {"name": "state", "mountPath": POOL_STATE_DIR},
         ],
     }  # fmt: skip
     pod_spec = {
@@ -463,6 +465,8 @@ def pool_deployment(namespace: str, runtime: str, size: int, settings: Settings)
             {"name": "code", "emptyDir": {"sizeLimit": "300Mi"}},
             {"name": "tmp", "emptyDir": {"sizeLimit": f"{POOL_TMP_MB}Mi"}},
             {"name": "layers", "emptyDir": {"sizeLimit": "300Mi"}},
+            # What the pod was specialised for (no secret): an agent that restarts asks for that order again.
+            {"name": "state", "emptyDir": {"sizeLimit": "1Mi"}},
         ],
     }
     return {

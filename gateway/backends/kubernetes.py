@@ -9,7 +9,8 @@ lowers `replicas` by one, so the ReplicaSet does not pick a busy pod instead.
 
 Warm pools: a version whose Deployment allows it (the operator's `kambda.dev/warm-pool` annotation) takes pods
 from its namespace's pool first. Specialising one relabels it out of the pool (its ReplicaSet lets it go and
-starts a replacement) and into the function (its NetworkPolicy applies), then sends it the order: the version's
+starts a replacement) and into the function (its NetworkPolicy applies), at most once per pod (a JSON Patch that
+tests the pool label first), then sends it the order: the version's
 sandbox settings and credential, read from the Deployment a dedicated pod would come from. Such a pod is named at
 once (no placeholder), is owned by the version's Deployment (it goes with it) but not counted in its `replicas`.
 """
@@ -17,6 +18,7 @@ once (no placeholder), is owned by the version's Deployment (it goes with it) bu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -63,6 +65,27 @@ def pool_target(deployment: Any) -> PoolTarget | None:
     return PoolTarget(env["KAMBDA_SANDBOX"], int(env.get("KAMBDA_SLOTS", "1")), owner)
 
 
+def _label_path(key: str) -> str:
+    return "/metadata/labels/" + key.replace("~", "~0").replace("/", "~1")  # JSON Pointer escapes (RFC 6901)
+
+
+def specialisation_patch(function: str, version: str, runtime: str, owner: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON Patch that makes a pool pod a version's. Its first operation tests that the pod still carries its
+    pool's label, so the API server applies it to a pod at most once, ever: nothing gives that label back, and a
+    pod that served one function can never be specialised for another (whatever its agent then claims)."""
+    return [
+        {"op": "test", "path": _label_path(naming.POOL_LABEL), "value": naming.pool_deployment(runtime)},
+        # Out of the pool: its ReplicaSet no longer selects it and starts another in its place.
+        {"op": "remove", "path": _label_path(naming.POOL_LABEL)},
+        # Into the function: its NetworkPolicy selects it (not the version's label: its ReplicaSet would adopt it).
+        {"op": "add", "path": _label_path(naming.FUNCTION_LABEL), "value": function},
+        {"op": "add", "path": _label_path(naming.SPECIALISED_LABEL), "value": version},
+        {"op": "add", "path": _label_path("app.kubernetes.io/component"), "value": "function"},
+        # Owned by the version's Deployment (it goes with the version) instead of the pool's ReplicaSet.
+        {"op": "add", "path": "/metadata/ownerReferences", "value": [owner]},
+    ]
+
+
 class KubernetesBackend:
     name = "kubernetes"
 
@@ -71,15 +94,19 @@ class KubernetesBackend:
         api: client.ApiClient,
         runtimes: Iterable[str] = (),
         *,
-        pools: WarmPools | None = None,
+        pools: bool = False,  # keep warm pools (`self.pools`): pool pods wait on this gateway's runtime interface
         signing_key: bytes = b"",  # for the credential a specialised pod is given
     ) -> None:
         self._apps = client.AppsV1Api(api)
         self._core = client.CoreV1Api(api)
         self._runtimes = image_runtimes(runtimes)
-        self._pools = pools
+        self._pools = WarmPools(self._reissue) if pools else None
         self._key = signing_key
         self._specialised: set[str] = set()  # pool pods this backend specialised (not in any Deployment's replicas)
+
+    @property
+    def pools(self) -> WarmPools | None:
+        return self._pools
 
     def runtimes(self) -> list[str]:
         """What the operator has images for: it is given the same --runtime-image-for list."""
@@ -166,30 +193,26 @@ class KubernetesBackend:
 
     async def _specialise(self, version: FunctionVersion, waiter: Waiter, target: PoolTarget) -> bool:
         _, namespace = self._target(version)
-        labels = {
-            naming.POOL_LABEL: None,  # out of the pool: its ReplicaSet releases it and starts another
-            "pod-template-hash": None,
-            naming.FUNCTION_LABEL: version.spec.name,  # into the function: its NetworkPolicy selects it
-            naming.SPECIALISED_LABEL: version.version,
-            "app.kubernetes.io/component": "function",
-        }
-        body = {"metadata": {"labels": labels, "ownerReferences": [target.owner]}}
+        patch = specialisation_patch(version.spec.name, version.version, version.spec.runtime, target.owner)
         try:
             await self._core.patch_namespaced_pod(
-                waiter.pod, namespace, body,
-                _content_type="application/strategic-merge-patch+json",  # type: ignore[call-arg]
+                waiter.pod, namespace, patch,
+                _content_type="application/json-patch+json",  # type: ignore[call-arg]
             )  # fmt: skip
         except ApiException as exc:
-            if exc.status != 404:  # a pod that is gone does not wait any more
+            if exc.status == 422:
+                # Not a pool pod (any more): it was specialised before and its agent came back to the pool (a
+                # function ended it and removed its marker). Its code and /tmp are a function's: it goes.
+                log.warning("pool pod %s/%s was specialised before: deleting it", namespace, waiter.pod)
+                with contextlib.suppress(ApiException):
+                    await self._core.delete_namespaced_pod(waiter.pod, namespace, grace_period_seconds=0)
+            elif exc.status != 404:  # a pod that is gone does not wait any more
                 if self._pools is not None:
                     self._pools.give_back(waiter)
                 log.warning("could not specialise pool pod %s/%s: %s", namespace, waiter.pod, exc.reason)
             return False
         self._specialised.add(waiter.pod)
-        files = dict(version.spec.code.files or {})
-        credential = credentials.credential_for(self._key, version.function)
-        waiter.specialise(pb.Specialise(sandbox=target.sandbox, credential=credential, slots=target.slots,
-                                        files=files))  # fmt: skip
+        waiter.specialise(self._order(version, target))
         log.info("specialised pool pod %s/%s for %s:%s", namespace, waiter.pod, version.function, version.version)
         return True
 
@@ -198,6 +221,27 @@ class KubernetesBackend:
 
     async def discard(self, version: FunctionVersion) -> None:
         """Nothing here: a version's template ends with its pods."""
+
+    def _order(self, version: FunctionVersion, target: PoolTarget) -> pb.Specialise:
+        credential = credentials.credential_for(self._key, version.function)
+        files = dict(version.spec.code.files or {})
+        return pb.Specialise(sandbox=target.sandbox, credential=credential, slots=target.slots, files=files)
+
+    async def _reissue(self, version: FunctionVersion, pod: str) -> pb.Specialise | None:
+        """The order of a pod that is labelled as the version's specialised pod (only this gateway sets those
+        labels: a function cannot claim another's order by naming it), else None."""
+        _, namespace = self._target(version)
+        try:
+            labels = (await self._core.read_namespaced_pod(pod, namespace)).metadata.labels or {}
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        mine = labels.get(naming.FUNCTION_LABEL) == version.spec.name
+        if not mine or labels.get(naming.SPECIALISED_LABEL) != version.version or naming.POOL_LABEL in labels:
+            return None
+        target = await self._pool_target(version)
+        return None if target is None else self._order(version, target)
 
     async def stop_instances(self, version: FunctionVersion, instance_ids: list[str]) -> None:
         _, namespace = self._target(version)

@@ -244,9 +244,10 @@ async def run_pool(gateway: str) -> int:
     """A warm-pool pod's agent: it waits (KAMBDA_POOL, KAMBDA_POOL_CREDENTIAL) until the gateway specialises it,
     then serves that function version exactly as a dedicated pod's agent does."""
     settings = json.loads(os.environ["KAMBDA_POOL"])
+    state_dir = settings.get("state_dir") or "/run/kambda"
     identity = pool.PoolIdentity(
         settings["namespace"], settings["runtime"], os.environ.get("HOSTNAME", ""),
-        os.environ.get("KAMBDA_POOL_CREDENTIAL", ""),
+        os.environ.get("KAMBDA_POOL_CREDENTIAL", ""), pool.specialised(state_dir),
     )  # fmt: skip
     terminate = _terminate_on_signals()
     async with aio.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
@@ -266,6 +267,7 @@ async def run_pool(gateway: str) -> int:
         config = config_from_json(json.loads(order.sandbox))
         log.info("specialised for %s version %s", config.function, config.version)
         try:
+            pool.mark_specialised(state_dir, config.function, config.version)
             pool.write_files(config.code_dir, order.files)
         except (OSError, pool.UnsafeFiles) as exc:
             log.error("refusing the code: %s", exc)

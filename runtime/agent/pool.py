@@ -10,6 +10,7 @@ gateway replicas the pod is sent on to the replica that owns its pool, as a sand
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -44,6 +45,7 @@ class PoolIdentity:
     runtime: str
     pod: str
     credential: str
+    specialised: tuple[str, str] | None = None  # (function, version) this pod already became, if it did
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (
@@ -56,7 +58,10 @@ async def wait_for_order(
     home: aio.Channel, identity: PoolIdentity, dial: Callable[[str], aio.Channel]
 ) -> pb.Specialise:
     """Wait, reconnecting as long as it takes, until a gateway specialises this pod."""
-    hello = pb.PoolHello(namespace=identity.namespace, runtime=identity.runtime, pod=identity.pod)
+    function, version = identity.specialised or ("", "")
+    hello = pb.PoolHello(
+        namespace=identity.namespace, runtime=identity.runtime, pod=identity.pod, function=function, version=version
+    )
     channel, dialled = home, False
     attempt = 0
     while True:
@@ -88,6 +93,24 @@ def _owner(metadata: object) -> str:
     return ""
 
 
+MARKER = "specialised"
+
+
+def specialised(state_dir: str) -> tuple[str, str] | None:
+    """What this pod was specialised for, if its agent ever was (the marker outlives an agent's restart)."""
+    try:
+        data = json.loads((Path(state_dir) / MARKER).read_text())
+        return str(data["function"]), str(data["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def mark_specialised(state_dir: str, function: str, version: str) -> None:
+    """Before anything of the function runs: from now on this pod is that version's, whatever happens to the agent."""
+    path = Path(state_dir) / MARKER
+    path.write_text(json.dumps({"function": function, "version": version}))
+
+
 def write_files(code_dir: str, files: Mapping[str, str]) -> None:
     """Inline code into the pod's code directory, read-only and executable as a ConfigMap volume mounts it (0555).
     Paths are relative and stay inside the directory: an order is trusted, but a path is checked before a write."""
@@ -98,5 +121,7 @@ def write_files(code_dir: str, files: Mapping[str, str]) -> None:
             raise UnsafeFiles(f"inline code path {name!r} is not inside the code directory")
         target = root.joinpath(*path.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # a restarted agent writes its order's files again
+            os.chmod(target, 0o755)
         target.write_text(content)
         os.chmod(target, 0o555)

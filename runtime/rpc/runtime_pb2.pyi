@@ -125,14 +125,18 @@ class GatewayMessage(_message.Message):
     def __init__(self, invocation: _Optional[_Union[Invocation, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ..., spawn: _Optional[_Union[Spawn, _Mapping]] = ...) -> None: ...
 
 class PoolHello(_message.Message):
-    __slots__ = ("namespace", "runtime", "pod")
+    __slots__ = ("namespace", "runtime", "pod", "function", "version")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     POD_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     runtime: str
     pod: str
-    def __init__(self, namespace: _Optional[str] = ..., runtime: _Optional[str] = ..., pod: _Optional[str] = ...) -> None: ...
+    function: str
+    version: str
+    def __init__(self, namespace: _Optional[str] = ..., runtime: _Optional[str] = ..., pod: _Optional[str] = ..., function: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Specialise(_message.Message):
     __slots__ = ("sandbox", "credential", "slots", "files")

@@ -34,19 +34,19 @@ def platform(kube: Kube, namespace: str, images: Images) -> Iterator[Platform]:
         yield platform
 
 
-def pool_pods(platform: Platform) -> list[dict[str, Any]]:
+def pool_pods(platform: Platform, pool: str = POOL) -> list[dict[str, Any]]:
     """The pool's pods that are running and not on their way out."""
     return [
-        p for p in platform.kube.list("pods", platform.namespace, f"kambda.dev/pool={POOL}")
+        p for p in platform.kube.list("pods", platform.namespace, f"kambda.dev/pool={pool}")
         if not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("phase") == "Running"
     ]  # fmt: skip
 
 
-def waiting(platform: Platform) -> float:
+def waiting(platform: Platform, runtime: str = "python3.11") -> float:
     """Pool pods waiting on the gateway to be specialised (its kambda_warm_pool_pods gauge)."""
     with urllib.request.urlopen(f"{platform.url}/metrics", timeout=10) as r:
         text = r.read().decode()
-    wanted = f'namespace="{platform.namespace}",runtime="python3.11"'
+    wanted = f'namespace="{platform.namespace}",runtime="{runtime}"'
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
         if line.startswith("kambda_warm_pool_pods{") and wanted in line
@@ -136,3 +136,26 @@ def test_a_function_with_a_service_account_gets_a_dedicated_pod(platform: Platfo
     # The pool pod that could have been taken (it waited the whole time) is still there, still waiting.
     assert [p["metadata"]["name"] for p in pool_pods(platform)] == [waiter["metadata"]["name"]]
     assert waiting(platform) == 1
+
+
+NODE = """\
+const os = require("os");
+exports.handler = async () => ({ host: os.hostname(), fn: process.env.AWS_LAMBDA_FUNCTION_NAME,
+                                 node: process.version });
+"""
+
+
+def test_a_nodejs_function_is_served_by_its_runtimes_pool(platform: Platform) -> None:
+    code = {"files": {"index.js": NODE}}
+    platform.apply(function_manifest("nodepool", "", runtime="nodejs20.x", handler="index.handler", code=code))
+    assert eventually(lambda: platform.ready("nodepool", "1"), timeout=60), platform.operator_logs()
+    platform.wait_served("nodepool")
+    pool = "kambda-pool-nodejs20-x"
+    assert eventually(lambda: waiting(platform, "nodejs20.x") == 1 and len(pool_pods(platform, pool)) == 1,
+                      timeout=120), platform.gateway_logs()  # fmt: skip
+    [pod] = pool_pods(platform, pool)
+    assert pod["spec"]["containers"][0]["image"] != a_pod_waits(platform)["spec"]["containers"][0]["image"]
+    answer = invoke(platform, "nodepool")
+    assert answer["host"] == pod["metadata"]["name"] and answer["fn"] == "nodepool", answer
+    assert str(answer["node"]).startswith("v20."), answer
+    assert platform.replicas("nodepool", "1") == 0

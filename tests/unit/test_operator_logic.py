@@ -202,9 +202,10 @@ def test_a_pool_pod_has_a_dedicated_pods_security_and_room_for_any_function_the_
     assert container["command"] == ["python3", "-m", "kambda.runtime.agent", "--pool"]
     assert container["resources"]["limits"] == {"memory": "1088Mi"}  # POD_MEMORY_BUDGET_MB + the agent's share
     env = {e["name"]: e for e in container["env"]}
-    assert json.loads(env["KAMBDA_POOL"]["value"]) == {"namespace": "ns", "runtime": "python3.11"}
+    assert json.loads(env["KAMBDA_POOL"]["value"]) == {"namespace": "ns", "runtime": "python3.11",
+                                                       "state_dir": "/run/kambda"}  # fmt: skip
     assert env["KAMBDA_POOL_CREDENTIAL"]["valueFrom"]["secretKeyRef"]["name"] == "kambda-pool-python3-11-credential"
-    assert {v["name"] for v in spec["volumes"]} == {"code", "tmp", "layers"}
+    assert {v["name"] for v in spec["volumes"]} == {"code", "tmp", "layers", "state"}
     assert all("emptyDir" in v for v in spec["volumes"])  # nothing a function brings is mounted in advance
 
 

@@ -7,11 +7,16 @@ import asyncio
 from pathlib import Path
 
 from kambda.gateway.pools import WarmPools
+from kambda.gateway.registry import FunctionVersion
 from kambda.runtime.rpc import runtime_pb2 as pb
 
 
+async def no_reissue(version: FunctionVersion, pod: str) -> pb.Specialise | None:
+    return None
+
+
 async def test_the_longest_waiting_pod_of_the_namespace_and_runtime_is_taken() -> None:
-    pools = WarmPools()
+    pools = WarmPools(no_reissue)
     a, b = pools.join("ns", "python3.11", "a"), pools.join("ns", "python3.11", "b")
     pools.join("ns", "nodejs20.x", "n")
     pools.join("other", "python3.11", "o")
@@ -24,7 +29,7 @@ async def test_the_longest_waiting_pod_of_the_namespace_and_runtime_is_taken() -
 
 
 async def test_a_taken_pod_gets_its_order_and_one_given_back_is_first_in_line() -> None:
-    pools = WarmPools()
+    pools = WarmPools(no_reissue)
     a, b = pools.join("ns", "rt", "a"), pools.join("ns", "rt", "b")
     taken = pools.take("ns", "rt")
     assert taken is a
@@ -39,7 +44,7 @@ async def test_a_taken_pod_gets_its_order_and_one_given_back_is_first_in_line() 
 
 
 async def test_a_reconnecting_pod_replaces_its_earlier_wait_and_an_ended_wait_leaves() -> None:
-    pools = WarmPools()
+    pools = WarmPools(no_reissue)
     first = pools.join("ns", "rt", "a")
     second = pools.join("ns", "rt", "a")
     assert pools.idle() == {("ns", "rt"): 1}
@@ -90,3 +95,30 @@ def test_a_versions_pool_settings_come_from_its_deployment() -> None:
     assert target.owner["name"] == "f-v1" and target.owner["uid"] == "u1" and target.owner["controller"] is False
     assert pool_target(deployment({"kambda.dev/warm-pool-refusal": "serviceAccountName: ..."})) is None
     assert pool_target(deployment({})) is None  # made before warm pools: dedicated pods only
+
+
+def test_a_pods_specialisation_is_marked_before_its_code_is_written_and_survives_the_agent(tmp_path: Path) -> None:
+    from kambda.runtime.agent.pool import mark_specialised, specialised
+
+    assert specialised(str(tmp_path)) is None  # a fresh pool pod
+    mark_specialised(str(tmp_path), "ns/f", "3")
+    assert specialised(str(tmp_path)) == ("ns/f", "3")  # what a restarted agent reads: it asks for that order only
+    (tmp_path / "specialised").write_text("{not json")
+    assert specialised(str(tmp_path)) is None
+
+
+def test_a_pool_pod_is_specialised_at_most_once_by_a_patch_that_tests_its_pool_label() -> None:
+    from kambda.gateway.backends.kubernetes import specialisation_patch
+
+    owner = {"kind": "Deployment", "name": "f-v2", "uid": "u"}
+    patch = specialisation_patch("f", "2", "python3.11", owner)
+    assert patch[0] == {"op": "test", "path": "/metadata/labels/kambda.dev~1pool", "value": "kambda-pool-python3-11"}
+    assert patch[1] == {"op": "remove", "path": "/metadata/labels/kambda.dev~1pool"}
+    added = {op["path"]: op["value"] for op in patch if op["op"] == "add"}
+    assert added == {
+        "/metadata/labels/kambda.dev~1function": "f",
+        "/metadata/labels/kambda.dev~1specialised-version": "2",
+        "/metadata/labels/app.kubernetes.io~1component": "function",
+        "/metadata/ownerReferences": [owner],
+    }
+    assert "/metadata/labels/kambda.dev~1version" not in added  # the version's ReplicaSet must not adopt it
