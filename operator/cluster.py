@@ -61,16 +61,26 @@ class Cluster:
         # Not the controller (a Deployment has none), and not blocking: a Function's deletion never waits for a pool.
         ref = {**function_owner, "controller": False, "blockOwnerDeletion": False}
         deployment["metadata"]["ownerReferences"] = [ref]
-        try:
-            pool = await self.apps.create_namespaced_deployment(namespace, deployment)  # type: ignore[arg-type]
-        except ApiException as exc:
-            if exc.status != 409:
+        pool = None
+        if size > 0:
+            try:
+                pool = await self.apps.create_namespaced_deployment(namespace, deployment)  # type: ignore[arg-type]
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        if pool is None:
+            # There already (or to be scaled to zero if it is): a strategic merge adds this owner to the others
+            # (ownerReferences merge by uid) and brings the size and the pod template up to date (a new runtime
+            # image replaces the waiting pods; specialised ones are no longer the pool's).
+            try:
+                pool = await self.apps.patch_namespaced_deployment(
+                    name, namespace, {"metadata": {"ownerReferences": [ref]}, "spec": deployment["spec"]},
+                    _content_type="application/strategic-merge-patch+json",  # type: ignore[call-arg]
+                )  # fmt: skip
+            except ApiException as exc:
+                if exc.status == 404 and size == 0:
+                    return  # no pool, and none wanted
                 raise
-            # A strategic merge adds this owner to the others (ownerReferences merge by uid) and sets the size.
-            pool = await self.apps.patch_namespaced_deployment(
-                name, namespace, {"metadata": {"ownerReferences": [ref]}, "spec": {"replicas": size}},
-                _content_type="application/strategic-merge-patch+json",  # type: ignore[call-arg]
-            )  # fmt: skip
         pool_owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": pool.metadata.uid,
                       "controller": True, "blockOwnerDeletion": False}  # fmt: skip
         for obj in (

@@ -90,8 +90,7 @@ async def reconcile_function(
     await cluster.ensure(resources.deployment(fn, version, owner, settings))
     if resources.pool_refusal(fn) is None:
         size = resources.pool_size(settings.warm_pool_size, await cluster.namespace_labels(namespace))
-        if size > 0:
-            await cluster.ensure_pool(namespace, fn.runtime, size, owner, settings)
+        await cluster.ensure_pool(namespace, fn.runtime, size, owner, settings)
     if is_new:
         await cluster.ensure(resources.controller_revision(fn, raw_spec, number, owner))
         kopf.info(body, reason="VersionPublished", message=f"version {version}")

@@ -5,14 +5,17 @@ and a function a pool pod cannot serve exactly (a service account) gets a dedica
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Platform, installed
+from tests.e2e.conftest import Platform, host_pids, installed
 from tests.install import Images
 from tests.kube import Kube, eventually
 from tests.workdir import function_manifest
@@ -50,6 +53,17 @@ def waiting(platform: Platform, runtime: str = "python3.11") -> float:
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
         if line.startswith("kambda_warm_pool_pods{") and wanted in line
+    )  # fmt: skip
+
+
+def connected(platform: Platform, function: str) -> float:
+    """The function's instances connected to the gateway (kambda_instances, idle or busy)."""
+    with urllib.request.urlopen(f"{platform.url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith("kambda_instances{") and f'function="{function}"' in line
+        and ('state="idle"' in line or 'state="busy"' in line)
     )  # fmt: skip
 
 
@@ -159,3 +173,39 @@ def test_a_nodejs_function_is_served_by_its_runtimes_pool(platform: Platform) ->
     assert answer["host"] == pod["metadata"]["name"] and answer["fn"] == "nodepool", answer
     assert str(answer["node"]).startswith("v20."), answer
     assert platform.replicas("nodepool", "1") == 0
+
+
+def agent_of(pod: str) -> int:
+    """The host pid of a pool pod's agent (every pool pod's command line is the same: its HOSTNAME tells)."""
+    pids = [pid for pid in host_pids("kambda.runtime.agent", "--pool")
+            if f"HOSTNAME={pod}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]  # fmt: skip
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def test_a_specialised_pod_whose_agent_dies_comes_back_as_its_function_and_never_joins_the_pool(
+    platform: Platform,
+) -> None:
+    platform.apply(function_manifest("phoenix", WHO, scaling={"idleSeconds": 120}))
+    assert eventually(lambda: platform.ready("phoenix", "1"), timeout=60), platform.operator_logs()
+    platform.wait_served("phoenix")
+    name = a_pod_waits(platform)["metadata"]["name"]
+    assert invoke(platform, "phoenix")["host"] == name
+    assert eventually(
+        lambda: waiting(platform) == 1 and name not in [p["metadata"]["name"] for p in pool_pods(platform)], timeout=120
+    )  # fmt: skip  (refilled by another pod)
+
+    os.kill(agent_of(name), signal.SIGKILL)  # the kubelet restarts the container in the same pod
+
+    def restarted() -> bool:
+        pod = platform.kube.get("pod", name, platform.namespace) or {}
+        statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        return bool(statuses[0].get("restartCount", 0) >= 1 and statuses[0].get("ready"))
+
+    assert eventually(restarted, timeout=120)
+    # Its agent asked for its own order again (its marker), not for a pool's wait: it serves its function ...
+    assert eventually(lambda: connected(platform, "phoenix") == 1, timeout=60), platform.gateway_logs()
+    assert invoke(platform, "phoenix")["host"] == name
+    # ... and the pool counts only the pod that refilled it.
+    assert waiting(platform) == 1
+    assert "kambda.dev/pool" not in (platform.kube.get("pod", name, platform.namespace) or {})["metadata"]["labels"]

@@ -188,3 +188,43 @@ def test_deleting_the_function_removes_what_it_owned(kube: Kube, namespace: str,
         )
 
     assert eventually(gone, timeout=90)
+
+
+def test_functions_that_may_use_the_warm_pool_own_it_and_a_namespace_label_sizes_it(
+    kube: Kube, namespace: str, operator: Operator
+) -> None:
+    assert kube.apply(manifest("pool-a"), namespace).returncode == 0
+    assert kube.apply(manifest("pool-b"), namespace).returncode == 0
+    assert kube.apply(manifest("pool-sa", extra=", serviceAccountName: reader"), namespace).returncode == 0
+    names = ("pool-a", "pool-b", "pool-sa")
+    assert eventually(lambda: all(ready(kube, name, namespace, "1") for name in names)), operator.logs()
+
+    def owners() -> set[str]:
+        pool = kube.get("deployment", "kambda-pool-python3-11", namespace) or {"metadata": {}}
+        return {o["name"] for o in pool["metadata"].get("ownerReferences") or []}
+
+    assert eventually(lambda: owners() == {"pool-a", "pool-b"}), operator.logs()  # not pool-sa: it may not use it
+    pool = kube.get("deployment", "kambda-pool-python3-11", namespace)
+    assert pool is not None and pool["spec"]["replicas"] == 1  # the operator's default (--warm-pool-size)
+    assert all(o["controller"] is False for o in pool["metadata"]["ownerReferences"])
+    for kind, name in (("secret", "kambda-pool-python3-11-credential"), ("networkpolicy", "kambda-pool-python3-11")):
+        obj = kube.get(kind, name, namespace)
+        assert obj is not None, (kind, name)
+        assert [o["name"] for o in obj["metadata"]["ownerReferences"]] == ["kambda-pool-python3-11"]
+    annotations = {n: (kube.get("deployment", f"{n}-v1", namespace) or {})["metadata"]["annotations"]
+                   for n in ("pool-a", "pool-sa")}  # fmt: skip
+    assert annotations["pool-a"]["kambda.dev/warm-pool"] == "python3.11"
+    assert annotations["pool-sa"]["kambda.dev/warm-pool-refusal"].startswith("serviceAccountName")
+
+    # The namespace's label sizes its pool at the next reconcile (here: a change of a non-versioned field).
+    assert kube.kubectl("label", "namespace", namespace, "kambda.dev/warm-pool-size=3").returncode == 0
+    assert kube.apply(manifest("pool-a", extra=", scaling: {idleSeconds: 7}"), namespace).returncode == 0
+
+    def size() -> int:
+        return int((kube.get("deployment", "kambda-pool-python3-11", namespace) or {})["spec"]["replicas"])
+
+    assert eventually(lambda: size() == 3), operator.logs()
+    assert kube.kubectl("label", "namespace", namespace, "kambda.dev/warm-pool-size=0", "--overwrite").returncode == 0
+    assert kube.apply(manifest("pool-b", extra=", scaling: {idleSeconds: 7}"), namespace).returncode == 0
+    assert eventually(lambda: size() == 0), operator.logs()
+    kube.kubectl("label", "namespace", namespace, "kambda.dev/warm-pool-size-")
