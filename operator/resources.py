@@ -45,6 +45,7 @@ CONTAINER_SECURITY: Mapping[str, Any] = {
 }  # fmt: skip
 POOL_TMP_MB = EPHEMERAL_STORAGE_MB[0]  # a pool pod's /tmp: Lambda's default ephemeral storage
 POOL_STATE_DIR = "/run/kambda"  # a pool pod's agent's own emptyDir, outside the function's directories
+POOL_CODE_WRITE_DIR, POOL_OPT_WRITE_DIR = "/run/kambda-task", "/run/kambda-opt"  # the agent's view of code, layers
 POOL_GRACE_SECONDS = 905  # Lambda's longest timeout + 5: a specialised pod keeps the grace it was created with
 
 
@@ -429,7 +430,10 @@ def pool_deployment(namespace: str, runtime: str, size: int, settings: Settings)
     name = naming.pool_deployment(runtime)
     labels = {naming.POOL_LABEL: name, LABEL_COMPONENT: "pool"}
     image = settings.image_for(runtime) or settings.runtime_image
-    pool = json.dumps({"namespace": namespace, "runtime": runtime, "state_dir": POOL_STATE_DIR}, sort_keys=True)
+    pool = json.dumps(
+        {"namespace": namespace, "runtime": runtime, "state_dir": POOL_STATE_DIR,
+         "code_write_dir": POOL_CODE_WRITE_DIR, "opt_write_dir": POOL_OPT_WRITE_DIR}, sort_keys=True,
+    )  # fmt: skip
     smallest = 128
     container = {
         "name": "function",  # the name a dedicated pod's container has: `kubectl logs` finds it the same way
@@ -448,10 +452,14 @@ def pool_deployment(namespace: str, runtime: str, size: int, settings: Settings)
             "limits": {"memory": f"{POD_MEMORY_BUDGET_MB + AGENT_MEMORY_MB}Mi"},
         },
         "securityContext": dict(CONTAINER_SECURITY),
+        # The code and the layers are where the runtime looks, read-only (as a dedicated pod's inline code is),
+        # and writable elsewhere for the agent, which writes or fetches them once the pod is specialised.
         "volumeMounts": [
-            {"name": "code", "mountPath": TASK_ROOT},
+            {"name": "code", "mountPath": TASK_ROOT, "readOnly": True},
+            {"name": "code", "mountPath": POOL_CODE_WRITE_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "layers", "mountPath": LAYERS_ROOT},
+            {"name": "layers", "mountPath": LAYERS_ROOT, "readOnly": True},
+            {"name": "layers", "mountPath": POOL_OPT_WRITE_DIR},
             {"name": "state", "mountPath": POOL_STATE_DIR},
         ],
     }  # fmt: skip

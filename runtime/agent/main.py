@@ -264,11 +264,14 @@ async def run_pool(gateway: str) -> int:
         except pool.PoolRejected as exc:
             log.error("the gateway refuses this pool pod: %s", exc)
             return 1
-        config = config_from_json(json.loads(order.sandbox))
+        config = dataclasses.replace(
+            config_from_json(json.loads(order.sandbox)),
+            code_write_dir=settings.get("code_write_dir"), opt_write_dir=settings.get("opt_write_dir"),
+        )  # fmt: skip
         log.info("specialised for %s version %s", config.function, config.version)
         try:
             pool.mark_specialised(state_dir, config.function, config.version)
-            pool.write_files(config.code_dir, order.files)
+            pool.write_files(config.code_target, order.files)
         except (OSError, pool.UnsafeFiles) as exc:
             log.error("refusing the code: %s", exc)
             _last_words(CODE_REFUSED, str(exc))

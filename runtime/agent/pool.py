@@ -112,14 +112,17 @@ def mark_specialised(state_dir: str, function: str, version: str) -> None:
 
 
 def write_files(code_dir: str, files: Mapping[str, str]) -> None:
-    """Inline code into the pod's code directory, read-only and executable as a ConfigMap volume mounts it (0555).
-    Paths are relative and stay inside the directory: an order is trusted, but a path is checked before a write."""
+    """Inline code into the pod's code volume, read-only and executable as a ConfigMap volume mounts it (0555; the
+    runtime sees the volume through a read-only mount). Paths are relative and stay inside the directory: an
+    order is trusted, but a path is checked before a write."""
     root = Path(code_dir)
-    for name, content in files.items():
+    targets = []
+    for name in files:
         path = PurePosixPath(name)
         if path.is_absolute() or ".." in path.parts or not path.parts:
             raise UnsafeFiles(f"inline code path {name!r} is not inside the code directory")
-        target = root.joinpath(*path.parts)
+        targets.append(root.joinpath(*path.parts))
+    for target, content in zip(targets, files.values(), strict=True):
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # a restarted agent writes its order's files again
             os.chmod(target, 0o755)

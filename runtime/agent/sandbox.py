@@ -108,6 +108,11 @@ class SandboxConfig:
     runtime_api_port: int = 0  # 0: any free port (the runtime is told it in AWS_LAMBDA_RUNTIME_API)
     layers: tuple[str, ...] = ()  # hex SHA-256s of layer packages; fetched from code_store into opt_dir
     opt_dir: str | None = None  # the layers' merged tree (the runtime sees it at /opt when isolated or in a pod)
+    # Where the agent writes what the runtime sees at code_dir and opt_dir, when that is elsewhere: a warm-pool pod
+    # mounts each volume twice, read-only where the runtime looks (as a dedicated pod's inline code is), and
+    # writable for the agent that fetches the code after the pod has started (pool.py).
+    code_write_dir: str | None = None
+    opt_write_dir: str | None = None
     tmp_mb: int = 512  # the size of the sandbox's private /tmp (Lambda's ephemeralStorage), where the agent sets it
     # Lambda's advanced logging controls (LoggingConfig): Text | JSON, and the two levels (None: Lambda's default).
     log_format: str = "Text"
@@ -120,6 +125,16 @@ class SandboxConfig:
     @property
     def name(self) -> str:
         return self.function.split("/", 1)[-1]
+
+    @property
+    def code_target(self) -> str:
+        """Where the agent puts the code."""
+        return self.code_write_dir or self.code_dir
+
+    @property
+    def opt_target(self) -> str | None:
+        """Where the agent unpacks the layers."""
+        return None if self.opt_dir is None else self.opt_write_dir or self.opt_dir
 
     def runtime_argv(
         self, task_root: str | None = None, opt_root: str | None = None, site_root: str | None = None
@@ -323,15 +338,16 @@ class Sandbox(runtime_api.RuntimeHost):
     async def start(self) -> None:
         config = self.config
         if config.code_url:  # the Function's own URL: never sent the credential
-            await asyncio.to_thread(code.fetch, config.code_url, config.code_sha256 or "", config.code_dir)
+            await asyncio.to_thread(code.fetch, config.code_url, config.code_sha256 or "", config.code_target)
         elif config.code_store:
             await asyncio.to_thread(
-                code.fetch_from_store, config.code_store, config.code_sha256 or "", config.code_dir,
+                code.fetch_from_store, config.code_store, config.code_sha256 or "", config.code_target,
                 function=config.function, credential=self._session.credential,
             )  # fmt: skip
-        if config.layers and config.code_store and config.opt_dir:
+        opt_target = config.opt_target
+        if config.layers and config.code_store and opt_target:
             await asyncio.to_thread(
-                code.fetch_layers, config.code_store, config.layers, config.opt_dir, code_dir=config.code_dir,
+                code.fetch_layers, config.code_store, config.layers, opt_target, code_dir=config.code_target,
                 function=config.function, credential=self._session.credential,
             )  # fmt: skip
         self._port = await self._api.start(self.config.runtime_api_port)

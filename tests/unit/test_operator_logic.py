@@ -202,8 +202,14 @@ def test_a_pool_pod_has_a_dedicated_pods_security_and_room_for_any_function_the_
     assert container["command"] == ["python3", "-m", "kambda.runtime.agent", "--pool"]
     assert container["resources"]["limits"] == {"memory": "1088Mi"}  # POD_MEMORY_BUDGET_MB + the agent's share
     env = {e["name"]: e for e in container["env"]}
-    assert json.loads(env["KAMBDA_POOL"]["value"]) == {"namespace": "ns", "runtime": "python3.11",
-                                                       "state_dir": "/run/kambda"}  # fmt: skip
+    assert json.loads(env["KAMBDA_POOL"]["value"]) == {
+        "namespace": "ns", "runtime": "python3.11", "state_dir": "/run/kambda",
+        "code_write_dir": "/run/kambda-task", "opt_write_dir": "/run/kambda-opt",
+    }  # fmt: skip
+    mounts = {(m["mountPath"], m.get("readOnly", False)): m["name"] for m in container["volumeMounts"]}
+    # Where the runtime looks, read-only; the agent writes through the second mount of the same volume.
+    assert mounts[("/var/task", True)] == mounts[("/run/kambda-task", False)] == "code"
+    assert mounts[("/opt", True)] == mounts[("/run/kambda-opt", False)] == "layers"
     assert env["KAMBDA_POOL_CREDENTIAL"]["valueFrom"]["secretKeyRef"]["name"] == "kambda-pool-python3-11-credential"
     assert {v["name"] for v in spec["volumes"]} == {"code", "tmp", "layers", "state"}
     assert all("emptyDir" in v for v in spec["volumes"])  # nothing a function brings is mounted in advance
