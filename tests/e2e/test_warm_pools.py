@@ -160,8 +160,9 @@ exports.handler = async () => ({ host: os.hostname(), fn: process.env.AWS_LAMBDA
 
 
 def test_a_nodejs_function_is_served_by_its_runtimes_pool(platform: Platform) -> None:
-    code = {"files": {"index.js": NODE}}
-    platform.apply(function_manifest("nodepool", "", runtime="nodejs20.x", handler="index.handler", code=code))
+    manifest = json.loads(function_manifest("nodepool", "", runtime="nodejs20.x", handler="index.handler"))
+    manifest["spec"]["code"] = {"files": {"index.js": NODE}}
+    platform.apply(json.dumps(manifest))
     assert eventually(lambda: platform.ready("nodepool", "1"), timeout=60), platform.operator_logs()
     platform.wait_served("nodepool")
     pool = "kambda-pool-nodejs20-x"
