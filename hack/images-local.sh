@@ -49,6 +49,26 @@ quiet() { # run a command, showing its output only if it fails
   rm -f "$out"
 }
 
+compile_python() { # compile_python ROOTFS PY_VERSION SITE [RUNTIME_SITE]: every module's pyc, valid in the image
+  # The layer is packed with every mtime 0 (test-cluster.sh mkimage: reproducible), which made every timestamp-based
+  # pyc stale: each Python process of a pod (the agent, every runtime) recompiled all it imported (~200 ms for
+  # awslambdaric) on a read-only root that cannot keep the result. Hash-based pycs that are not checked against
+  # their source (PEP 552 unchecked-hash) are right for an image, whose sources never change; compiled by the
+  # image's own interpreter, so a trixie image gets its Python 3.13's pycs.
+  local rootfs=$1 py=$2 dirs=() d
+  for d in usr/lib/python3 "usr/lib/python$py" "$3" ${4:+"$4"}; do [ -d "$rootfs/$d" ] && dirs+=("/$d"); done
+  # A file that is not valid Python for this version (a package's test data) is skipped; the check below is what
+  # must hold.
+  chroot "$rootfs" "/usr/bin/python$py" -m compileall -q -f -j0 --invalidation-mode unchecked-hash "${dirs[@]}" \
+    > /dev/null 2>&1 || true
+  "$PYTHON" - "$rootfs/$3/kambda/runtime/agent/__pycache__" "$py" <<'PY'
+import pathlib, sys
+pyc = pathlib.Path(sys.argv[1]) / f"main.cpython-{sys.argv[2].replace('.', '')}.pyc"
+flags = int.from_bytes(pyc.read_bytes()[4:8], "little") if pyc.exists() else -1
+sys.exit(0 if flags == 1 else f"{pyc}: not an unchecked-hash pyc (flags {flags})")
+PY
+}
+
 WHEELS=$(mktemp -d)
 trap 'rm -rf "$WHEELS"' EXIT
 # What Lambda provides a Python function (pyproject's `python-runtime` extra, defined there once).
@@ -82,6 +102,7 @@ build() { # build KIND IMAGE BASE_PACKAGES REQUIREMENT ENTRYPOINT_JSON [SUITE PY
       mkdir -p "$rootfs/usr/local/lib/kambda-node/node_modules"
       cp -a "$NODE_RIC" "$rootfs/usr/local/lib/kambda-node/node_modules/aws-lambda-ric"
     fi
+    compile_python "$rootfs" "$py" "$site" "$runtime_site"
     bash "$ROOT/hack/test-cluster.sh" pack-rootfs "$rootfs" "$image" "$out.tmp" "$5"
     mv "$out.tmp" "$out"
     rm -rf "$rootfs"

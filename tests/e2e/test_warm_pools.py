@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
@@ -210,3 +212,25 @@ def test_a_specialised_pod_whose_agent_dies_comes_back_as_its_function_and_never
     # ... and the pool counts only the pod that refilled it.
     assert waiting(platform) == 1
     assert "kambda.dev/pool" not in (platform.kube.get("pod", name, platform.namespace) or {})["metadata"]["labels"]
+
+
+def test_a_package_is_fetched_and_verified_by_the_specialised_pod_into_its_read_only_code(
+    platform: Platform, tmp_path: Path
+) -> None:
+    app = tmp_path / "app"
+    (app / "lib").mkdir(parents=True)
+    (app / "app.py").write_text(WHO.replace("def handler", "from lib import helper\n\n\ndef handler"))
+    (app / "lib" / "__init__.py").write_text("")
+    (app / "lib" / "helper.py").write_text("VALUE = 42\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "kambda", "deploy", str(app), "--name", "packaged", "--runtime", "python3.11",
+         "--handler", "app.handler", "--endpoint", platform.url, "--namespace", platform.namespace],
+        capture_output=True, text=True, env=platform.cli_env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert eventually(lambda: platform.ready("packaged", "1"), timeout=60), platform.operator_logs()
+    platform.wait_served("packaged")
+    name = a_pod_waits(platform)["metadata"]["name"]
+    answer = invoke(platform, "packaged")
+    assert answer["host"] == name, answer  # the package came from the code store into the specialised pool pod
+    assert answer["task"] == ["app.py", "lib"]  # read-only where the runtime looks: no __pycache__ written
