@@ -265,9 +265,12 @@ def uses_template(config: SandboxConfig) -> bool:
 
 
 def template_key(config: SandboxConfig) -> str:
-    """What makes two sandboxes forkable from one template: everything of their configuration but the instance."""
+    """What makes two sandboxes forkable from one template: everything of their configuration but the instance and
+    where the code was fetched from (a pod's spawned sandboxes find it fetched: they must share the pod's template,
+    not make a second one, which cost a packed SnapStart sandbox a whole init)."""
     fields = dataclasses.asdict(config)
-    del fields["instance_id"]
+    for where in ("instance_id", "code_url", "code_store", "code_write_dir", "opt_write_dir"):
+        del fields[where]
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()
 
 
