@@ -125,7 +125,9 @@ async def spill_trial(core: client.CoreV1Api, namespace: str, url: str, function
     latency and the Restore Duration its REPORT shows (0 if none)."""
     await until_gone(core, namespace, f"kambda.dev/function={function}")
     busy = asyncio.create_task(invoke(url, function, {"sleep": 2.5}))  # starts the pod; not timed
-    await until(lambda: metric(url, "kambda_instances", f'function="{function}"', 'state="busy"') >= 1)
+    # Running on its sandbox (an instance connected but still initialising counts as busy in kambda_instances, and a
+    # request then would wait for that init, not for a new sandbox).
+    await until(lambda: metric(url, "kambda_concurrent_executions", f'function="{function}"') >= 1)
     start = time.perf_counter()
     log = await invoke(url, function)
     elapsed = time.perf_counter() - start
