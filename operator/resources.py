@@ -107,15 +107,14 @@ def deployment_name(function: str, version: str) -> str:
     return f"{function}-v{version}"
 
 
+def _credential(metadata: dict[str, Any], credential: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque",
+            "stringData": {"credential": credential}}  # fmt: skip
+
+
 def credential_secret(fn: FunctionSpec, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     credential = credentials.credential_for(settings.signing_key, f"{fn.namespace}/{fn.name}")
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(f"{fn.name}-credential", fn, owner_ref),
-        "type": "Opaque",
-        "stringData": {"credential": credential},
-    }
+    return _credential(_meta(f"{fn.name}-credential", fn, owner_ref), credential)
 
 
 def controller_revision(
@@ -360,6 +359,16 @@ def lambda_environment(fn: FunctionSpec, version: str, settings: Settings) -> di
     }
 
 
+def _gateway_and_dns(settings: Settings) -> list[dict[str, Any]]:
+    """Egress rules: the gateway's pods, and the cluster's DNS."""
+    gateway = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.gateway_selector or {})}}
+    dns = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    return [
+        {"to": [gateway]},
+        {"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+    ]
+
+
 def network_policy(fn: FunctionSpec, owner_ref: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     """Nothing may connect to a function's pods; egress per `spec.network.egress` (the gateway is always allowed)."""
     policy: dict[str, Any] = {
@@ -368,12 +377,7 @@ def network_policy(fn: FunctionSpec, owner_ref: Mapping[str, Any], settings: Set
         "ingress": [],
     }
     if fn.egress != "all":
-        gateway = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.gateway_selector or {})}}
-        dns = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
-        rules: list[dict[str, Any]] = [
-            {"to": [gateway]},
-            {"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-        ]
+        rules = _gateway_and_dns(settings)
         if fn.egress == "cluster":
             rules.append({"to": [{"namespaceSelector": {}}]})
         policy["policyTypes"].append("Egress")
@@ -499,21 +503,13 @@ def pool_credential_secret(namespace: str, runtime: str, settings: Settings) -> 
     """A pool's credential: it lets a pool pod wait to be specialised, and pull no function's work."""
     name = naming.pool_deployment(runtime)
     credential = credentials.credential_for(settings.signing_key, naming.pool_key(namespace, runtime))
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _pool_meta(f"{name}-credential", namespace, runtime),
-        "type": "Opaque",
-        "stringData": {"credential": credential},
-    }
+    return _credential(_pool_meta(f"{name}-credential", namespace, runtime), credential)
 
 
 def pool_network_policy(namespace: str, runtime: str, settings: Settings) -> dict[str, Any]:
     """A pool pod talks to the gateway (and DNS) only, and nothing connects to it; once specialised it carries the
     function's label instead of the pool's, and the function's policy is the one that applies."""
     name = naming.pool_deployment(runtime)
-    gateway = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(settings.gateway_selector or {})}}
-    dns = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -522,10 +518,7 @@ def pool_network_policy(namespace: str, runtime: str, settings: Settings) -> dic
             "podSelector": {"matchLabels": {naming.POOL_LABEL: name}},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [],
-            "egress": [
-                {"to": [gateway]},
-                {"to": [dns], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-            ],
+            "egress": _gateway_and_dns(settings),
         },
     }
 
