@@ -74,10 +74,9 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
 
     async def Wait(self, request: pb.PoolHello, context: PoolContext) -> None:
         """A warm-pool pod waits here until the Kubernetes backend takes it for a version (one `Specialise`)."""
-        md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        md = _metadata(context)
         key = naming.pool_key(request.namespace, request.runtime)
-        token = md.get("authorization", "").removeprefix("Bearer ")
-        if md.get("kambda-function") != key or not credentials.verify(self._key, key, token):
+        if md.get("kambda-function") != key or not self._verified(key, md):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid credential for this pool")
         if self._pools is None or not request.pod:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this gateway keeps no warm pools")
@@ -102,6 +101,10 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
         finally:
             self._pools.leave(waiter)
 
+    def _verified(self, key: str, md: dict[str, str]) -> bool:
+        """Whether the stream's bearer credential is the one the signing key gives `key` (a function or a pool)."""
+        return credentials.verify(self._key, key, md.get("authorization", "").removeprefix("Bearer "))
+
     async def _send_on(self, context: Context | PoolContext, function: str) -> NoReturn:
         peer = self._ownership.owner(function)
         if peer is None or peer == self._ownership.me:
@@ -115,10 +118,9 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
         raise AssertionError("abort returns only by raising")
 
     async def Session(self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context) -> None:
-        md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        md = _metadata(context)
         function = md.get("kambda-function", "")
-        token = md.get("authorization", "").removeprefix("Bearer ")
-        if not function or not credentials.verify(self._key, function, token):
+        if not function or not self._verified(function, md):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid credential for this function")
         # Sent on before the version is looked up: NOT_FOUND is final for an agent, and a replica that does not
         # own the function may not have seen its newest version yet.
@@ -165,6 +167,10 @@ class RuntimeInterface(pb_grpc.RuntimeInterfaceServicer):
             self._sessions.pop(instance, None)
             self._moving.discard(instance)
             self._dispatcher.disconnect(instance)
+
+
+def _metadata(context: Context | PoolContext) -> dict[str, str]:
+    return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
 
 
 def _serialised_writer(

@@ -22,11 +22,10 @@ import grpc
 from grpc import aio
 
 from kambda import naming
-from kambda.naming import OWNER_METADATA
 
 from ..rpc import runtime_pb2 as pb
 from ..rpc import runtime_pb2_grpc as pb_grpc
-from .session import FATAL_CODES, RECONNECT_DELAYS
+from .session import FATAL_CODES, RECONNECT_DELAYS, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ async def wait_for_order(
             if err.code() in FATAL_CODES:
                 raise PoolRejected(f"{err.code().name}: {err.details()}") from None
             if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                owner = _owner(err.trailing_metadata() or ())
+                owner = owner_of(err.trailing_metadata() or ())
             log.info("pool wait lost (%s); waiting again", err.code().name)
         if dialled:
             await channel.close()
@@ -84,13 +83,6 @@ async def wait_for_order(
         if not owner:
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
-
-
-def _owner(metadata: object) -> str:
-    for key, value in metadata or ():  # type: ignore[attr-defined]
-        if key == OWNER_METADATA and isinstance(value, str):
-            return value
-    return ""
 
 
 MARKER = "specialised"

@@ -149,7 +149,7 @@ class Session:
                 # on the first write, not AioRpcError: either way its status says what happened. Uncaught, it once
                 # ended this loop for good and left an agent alive but never reconnecting.
                 code, details = await call.code(), await call.details()
-                owner = _owner(await call.trailing_metadata()) if code == grpc.StatusCode.FAILED_PRECONDITION else ""
+                owner = owner_of(await call.trailing_metadata()) if code == grpc.StatusCode.FAILED_PRECONDITION else ""
                 # Sent on: dial the owner (at once the first time; replicas that disagree for a moment back off).
                 # Lost or refused: start over from the gateway's Service, which knows the owner of the moment.
                 await self._redirect(owner or None)
@@ -291,7 +291,7 @@ class Session:
         await self._redirect(None)
 
 
-def _owner(metadata: Mapping[str, object] | object) -> str:
+def owner_of(metadata: Mapping[str, object] | object) -> str:
     """The owner's address a redirect names, or ""."""
     for key, value in metadata or ():  # type: ignore[attr-defined]
         if key == OWNER_METADATA and isinstance(value, str):
